@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from portal import views
+
+urlpatterns = [
+    path("", views.home, name="home"),
+    path("healthz", views.healthz, name="healthz"),
+    path("admin/", admin.site.urls),
+    path("", include("access.urls.catalog")),
+    path("accounts/", include("access.urls.accounts")),
+    path("", include("access.urls.applicant")),
+    path("review/", include("access.urls.review")),
+    path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("api/v1/", include("access.api.urls")),
+]
+
+handler403 = "portal.views.forbidden"
+handler404 = "portal.views.not_found"

@@ -1,0 +1,214 @@
+"""The application workflow through its services, against the real database."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.core import mail
+from django.db import connection
+from django.utils import timezone
+
+from access.errors import Conflict, InvalidInput, NotAllowed
+from access.models import Application, ApplicationStatus, AuditEvent, Grant, LicenseVersion
+from access.selectors import release_access_check
+from access.services import (
+    RequestMeta,
+    application_answer,
+    application_approve,
+    application_reject,
+    application_request_info,
+    application_start_review,
+    application_withdraw,
+    applications_bulk_decide,
+    grant_request_renewal,
+    grant_revoke,
+    license_accept,
+)
+from tests import factories
+
+META = RequestMeta(ip="10.0.0.1", user_agent="pytest")
+pytestmark = pytest.mark.django_db
+
+
+def test_full_workflow_creates_grant_and_audit_trail(application: Any, reviewer: Any, applicant: Any) -> None:
+    assert not release_access_check(user=applicant, release=application.release)
+    application_start_review(application=application, reviewer=reviewer, meta=META)
+    application_request_info(application=application, reviewer=reviewer, message="Which benchmarks?", meta=META)
+    assert application.status == ApplicationStatus.NEEDS_INFO
+    application_answer(application=application, applicant=applicant, message="MMLU and TriviaQA.", meta=META)
+    assert application.status == ApplicationStatus.IN_REVIEW
+    grant = application_approve(application=application, reviewer=reviewer, meta=META)
+    decision = release_access_check(user=applicant, release=application.release)
+    assert decision.allowed and decision.grant == grant
+    actions = list(AuditEvent.objects.filter(application=application).values_list("action", flat=True))
+    assert actions == [
+        "application.submit", "application.start_review", "application.request_info",
+        "application.answer", "application.approve", "grant.create",
+    ]
+    first = AuditEvent.objects.get(application=application, action="application.approve")
+    assert first.before["status"] == "in_review" and first.after["status"] == "approved" and first.ip_address == "10.0.0.1"
+
+
+def test_second_decision_is_a_conflict(application: Any, reviewer: Any, second_reviewer: Any) -> None:
+    application_approve(application=application, reviewer=reviewer, meta=META)
+    stale = Application.objects.get(pk=application.pk)
+    stale.status = ApplicationStatus.SUBMITTED  # what the second reviewer's page still shows
+    with pytest.raises(Conflict, match="already approved by Rita Reviewer"):
+        application_reject(application=stale, reviewer=second_reviewer, reason="No.", meta=META)
+    assert Grant.objects.filter(application=application).count() == 1
+
+
+def test_stale_version_cannot_decide(application: Any, reviewer: Any, applicant: Any) -> None:
+    seen_version = application.version
+    application_request_info(application=application, reviewer=reviewer, message="More?", meta=META)
+    application_answer(application=application, applicant=applicant, message="Here.", meta=META)
+    with pytest.raises(Conflict, match="changed since you opened it"):
+        application_approve(application=application, reviewer=reviewer, meta=META, expected_version=seen_version)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_decisions_yield_one(applicant: Any, gated_release: Any, reviewer: Any, second_reviewer: Any) -> None:
+    application = factories.make_application(applicant, gated_release)
+    barrier = threading.Barrier(2)
+    outcomes: list[str] = []
+
+    def decide(who: Any, approve: bool) -> None:
+        try:
+            row = Application.objects.get(pk=application.pk)
+            barrier.wait()
+            if approve:
+                application_approve(application=row, reviewer=who, meta=META)
+            else:
+                application_reject(application=row, reviewer=who, reason="Out of scope.", meta=META)
+            outcomes.append("decided")
+        except Conflict:
+            outcomes.append("conflict")
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=decide, args=(reviewer, True)), threading.Thread(target=decide, args=(second_reviewer, False))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == ["conflict", "decided"]
+    application.refresh_from_db()
+    assert application.status in (ApplicationStatus.APPROVED, ApplicationStatus.REJECTED)
+    assert Grant.objects.filter(application=application).count() == (1 if application.status == "approved" else 0)
+    assert AuditEvent.objects.filter(application=application, action__in=["application.approve", "application.reject"]).count() == 1
+
+
+def test_one_open_application_per_user_and_release(application: Any, applicant: Any, gated_release: Any) -> None:
+    with pytest.raises(Conflict, match="already have an open application"):
+        factories.make_application(applicant, gated_release)
+
+
+def test_reapply_after_rejection_waits_for_cooldown(application: Any, reviewer: Any, applicant: Any, gated_release: Any, settings: Any) -> None:
+    settings.REAPPLY_COOLDOWN_DAYS = 14
+    application_reject(application=application, reviewer=reviewer, reason="Not enough detail.", meta=META)
+    with pytest.raises(NotAllowed, match="apply again from"):
+        factories.make_application(applicant, gated_release)
+    Application.objects.filter(pk=application.pk).update(decided_at=timezone.now() - timedelta(days=15))
+    assert factories.make_application(applicant, gated_release).status == ApplicationStatus.SUBMITTED
+
+
+def test_unverified_email_cannot_apply(gated_release: Any) -> None:
+    user = factories.make_user("new@uni.edu", verified=False)
+    with pytest.raises(NotAllowed, match="Verify your email"):
+        factories.make_application(user, gated_release)
+
+
+def test_field_errors_are_reported_together(applicant: Any, gated_release: Any) -> None:
+    with pytest.raises(InvalidInput) as info:
+        factories.make_application(
+            applicant, gated_release, research_purpose="too short", country="XX", publications=["not a link"],
+            non_commercial_attested=False,
+        )
+    errors = info.value.errors  # type: ignore[attr-defined]
+    assert set(errors) == {"research_purpose", "country", "publications", "non_commercial_attested"}
+    assert "at least" in errors["research_purpose"]
+    assert not Application.objects.exists()
+
+
+def test_publications_normalised(applicant: Any, gated_release: Any) -> None:
+    app = factories.make_application(
+        applicant, gated_release, publications=["https://doi.org/10.1000/XYZ.1", "doi:10.48550/arXiv.2205.01068", " "]
+    )
+    assert app.publications == ["doi:10.1000/XYZ.1", "doi:10.48550/arXiv.2205.01068"]
+
+
+def test_revocation_applies_to_the_next_check(application: Any, reviewer: Any, applicant: Any) -> None:
+    grant = application_approve(application=application, reviewer=reviewer, meta=META)
+    assert release_access_check(user=applicant, release=application.release).allowed
+    grant_revoke(grant=grant, actor=reviewer, reason="Terms breached.", meta=META)
+    decision = release_access_check(user=applicant, release=application.release)
+    assert not decision.allowed and decision.reason == "grant_revoked"
+
+
+def test_expired_grant_is_refused(application: Any, reviewer: Any, applicant: Any) -> None:
+    grant = application_approve(application=application, reviewer=reviewer, meta=META)
+    Grant.objects.filter(pk=grant.pk).update(starts_at=timezone.now() - timedelta(days=400), expires_at=timezone.now() - timedelta(seconds=1))
+    assert release_access_check(user=applicant, release=application.release).reason == "grant_expired"
+
+
+def test_new_license_version_requires_reacceptance(application: Any, reviewer: Any, applicant: Any) -> None:
+    release = application.release
+    application_approve(application=application, reviewer=reviewer, meta=META)
+    LicenseVersion.objects.create(license=release.license, version="2.0", text="New terms.", published_at=timezone.now() + timedelta(seconds=1))
+    assert release_access_check(user=applicant, release=release).reason == "license_changed"
+    with pytest.raises(Conflict, match="changed while you were reading"):
+        license_accept(user=applicant, release=release, license_version_id=release.license.versions.get(version="1.0").pk, meta=META)
+    license_accept(user=applicant, release=release, license_version_id=release.license.current_version.pk, meta=META)
+    assert release_access_check(user=applicant, release=release).allowed
+
+
+def test_renewal_extends_the_grant(application: Any, reviewer: Any, applicant: Any, settings: Any) -> None:
+    grant = application_approve(application=application, reviewer=reviewer, meta=META, expires_at=timezone.now() + timedelta(days=400))
+    with pytest.raises(NotAllowed, match="Renewal opens"):
+        grant_request_renewal(grant=grant, user=applicant, meta=META, license_version_id=application.release.license.current_version.pk)
+    Grant.objects.filter(pk=grant.pk).update(expires_at=timezone.now() + timedelta(days=5))
+    grant.refresh_from_db()
+    renewal = grant_request_renewal(grant=grant, user=applicant, meta=META, license_version_id=application.release.license.current_version.pk)
+    assert renewal.renewal_of == grant and renewal.status == ApplicationStatus.SUBMITTED
+    renewed = application_approve(application=renewal, reviewer=reviewer, meta=META)
+    assert renewed.pk == grant.pk
+    assert renewed.expires_at > timezone.now() + timedelta(days=300)
+
+
+def test_withdraw_and_bulk(applicant: Any, other_applicant: Any, gated_release: Any, reviewer: Any) -> None:
+    first = factories.make_application(applicant, gated_release)
+    second = factories.make_application(other_applicant, gated_release)
+    application_withdraw(application=first, applicant=applicant, meta=META)
+    result = applications_bulk_decide(application_ids=[first.pk, second.pk, 99999], reviewer=reviewer, decision="approve", meta=META)
+    assert result.decided == [second.pk]
+    assert set(result.conflicts) == {first.pk, 99999}
+
+
+def test_non_reviewer_cannot_decide(application: Any, other_applicant: Any) -> None:
+    with pytest.raises(NotAllowed):
+        application_approve(application=application, reviewer=other_applicant, meta=META)
+
+
+def test_every_transition_notifies_the_applicant(application: Any, reviewer: Any, applicant: Any, django_capture_on_commit_callbacks: Any) -> None:
+    with django_capture_on_commit_callbacks(execute=True):
+        application_request_info(application=application, reviewer=reviewer, message="Q?", meta=META)
+        application_answer(application=application, applicant=applicant, message="A.", meta=META)
+        application_approve(application=application, reviewer=reviewer, meta=META)
+    subjects = [m.subject for m in mail.outbox if m.to == [applicant.email]]
+    assert any("need more information" in s for s in subjects)
+    assert any("is approved" in s for s in subjects)
+    assert any(m.to == [reviewer.email] and "answered" in m.subject for m in mail.outbox)
+
+
+def test_audit_log_is_append_only(application: Any) -> None:
+    event = AuditEvent.objects.filter(application=application).first()
+    event.action = "tampered"
+    with pytest.raises(PermissionError):
+        event.save()
+    with pytest.raises(PermissionError):
+        AuditEvent.objects.all().delete()
+    with pytest.raises(PermissionError):
+        AuditEvent.objects.update(action="x")
