@@ -15,7 +15,6 @@ from torch import nn
 
 from training.config import ModelConfig
 from training.parallel import (
-    REPLICATED,
     ColumnParallelLinear,
     RowParallelLinear,
     Shard,

@@ -7,7 +7,7 @@ from django.db import migrations
 FORWARD = """
 CREATE OR REPLACE FUNCTION access_auditevent_append_only() RETURNS trigger AS $$
 BEGIN
-    RAISE EXCEPTION 'access_auditevent is append-only: % refused', TG_OP;
+    RAISE EXCEPTION USING MESSAGE = 'access_auditevent is append-only: ' || TG_OP || ' refused';
 END;
 $$ LANGUAGE plpgsql;
 CREATE TRIGGER access_auditevent_no_update_delete

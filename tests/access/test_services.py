@@ -212,3 +212,12 @@ def test_audit_log_is_append_only(application: Any) -> None:
         AuditEvent.objects.all().delete()
     with pytest.raises(PermissionError):
         AuditEvent.objects.update(action="x")
+
+
+def test_postgres_refuses_audit_tampering_in_sql(application: Any) -> None:
+    if connection.vendor != "postgresql":
+        pytest.skip("the trigger exists on PostgreSQL only")
+    from django.db import DatabaseError, transaction
+
+    with pytest.raises(DatabaseError, match="append-only"), transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("UPDATE access_auditevent SET action = 'tampered'")

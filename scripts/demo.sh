@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# `make demo`: migrate, seed demo data and accounts, then run the portal and its Celery worker on
+# http://127.0.0.1:8000 with no external service (SQLite, a file-system broker, console email).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=.venv/bin
+export DJANGO_SETTINGS_MODULE=portal.settings
+# The demo is a laptop: never let a stray production variable point it elsewhere.
+unset DATABASE_URL REDIS_URL
+export PORTAL_ENV=development
+
+$BIN/python manage.py migrate --noinput -v 0
+$BIN/python manage.py collectstatic --noinput -v 0
+$BIN/python manage.py seed_demo
+
+mkdir -p var/log
+$BIN/celery -A portal worker -Q default,io,gpu --concurrency 2 --loglevel INFO --logfile var/log/worker.log &
+WORKER=$!
+trap 'kill $WORKER 2>/dev/null; wait $WORKER 2>/dev/null' EXIT INT TERM
+
+echo
+echo "Portal:  http://127.0.0.1:8000   (worker log: var/log/worker.log; emails are printed below)"
+echo "Stop with Ctrl-C."
+$BIN/gunicorn portal.wsgi --bind 127.0.0.1:8000 --workers 2 --threads 4 --access-logfile - --graceful-timeout 5
