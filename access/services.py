@@ -677,3 +677,25 @@ def license_version_publish(*, license_id: int, version: str, text: str, actor: 
     lv = LicenseVersion.objects.create(license_id=license_id, version=version, text=text, published_at=timezone.now())
     audit_record(actor=actor, action="license.publish", target=lv, meta=SYSTEM, after={"version": version})
     return lv
+
+
+def grants_remind_expiring(*, now: datetime | None = None) -> int:
+    """Notify each holder once when their grant enters the renewal window."""
+    now = now or timezone.now()
+    window_end = now + timedelta(days=settings.GRANT_RENEWAL_WINDOW_DAYS)
+    due = Grant.objects.filter(
+        status=GrantStatus.ACTIVE, expires_at__gt=now, expires_at__lte=window_end, expiry_reminder_sent_at__isnull=True
+    ).select_related("user", "release")
+    sent = 0
+    for grant in due:
+        # Claim the reminder first, so two sweepers never send it twice.
+        if not Grant.objects.filter(pk=grant.pk, expiry_reminder_sent_at__isnull=True).update(expiry_reminder_sent_at=now):
+            continue
+        notify(
+            user=grant.user,
+            subject=f"Your access to {grant.release.name} expires on {grant.expires_at:%Y-%m-%d}",
+            body="You can ask for a renewal from your access page; a reviewer confirms it.",
+            url=reverse("my-applications"),
+        )
+        sent += 1
+    return sent

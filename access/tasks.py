@@ -37,3 +37,24 @@ def send_notification_email(notification_id: int) -> None:
         body += f"\n\n{settings.SITE_URL}{notification.url}"
     send_mail(notification.subject, body, settings.DEFAULT_FROM_EMAIL, [notification.user.email])
     Notification.objects.filter(pk=notification_id, email_sent_at__isnull=True).update(email_sent_at=timezone.now())
+
+
+@shared_task(queue="default", acks_late=True, soft_time_limit=120, time_limit=180)
+def sweep_unsent_notifications() -> int:
+    """Re-enqueue emails whose task was lost (broker restart, killed worker). Runs periodically."""
+    stale = timezone.now() - timezone.timedelta(minutes=5)
+    ids = list(
+        Notification.objects.filter(email_sent_at__isnull=True, created_at__lt=stale, email_attempts__lt=8)
+        .values_list("pk", flat=True)[:500]
+    )
+    for notification_id in ids:
+        send_notification_email.delay(notification_id)
+    return len(ids)
+
+
+@shared_task(queue="default", acks_late=True, soft_time_limit=120, time_limit=180)
+def remind_expiring_grants() -> int:
+    """Tell holders once that their grant is about to expire, with the renewal link."""
+    from access.services import grants_remind_expiring
+
+    return grants_remind_expiring()

@@ -14,7 +14,7 @@ $BIN/python manage.py collectstatic --noinput -v 0
 $BIN/python manage.py seed_demo
 
 mkdir -p var/log
-$BIN/celery -A portal worker -Q default,io,gpu --concurrency 2 --loglevel INFO --logfile var/log/worker.log &
+$BIN/celery -A portal worker --beat --schedule var/celerybeat-schedule -Q default,io,gpu --concurrency 2 --loglevel INFO --logfile var/log/worker.log &
 WORKER=$!
 trap 'kill $WORKER 2>/dev/null; wait $WORKER 2>/dev/null' EXIT INT TERM
 

@@ -221,3 +221,27 @@ def test_postgres_refuses_audit_tampering_in_sql(application: Any) -> None:
 
     with pytest.raises(DatabaseError, match="append-only"), transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("UPDATE access_auditevent SET action = 'tampered'")
+
+
+def test_expiry_reminder_sent_once(application: Any, reviewer: Any, applicant: Any) -> None:
+    from access.models import Notification
+    from access.services import grants_remind_expiring
+
+    grant = application_approve(application=application, reviewer=reviewer, meta=META)
+    assert grants_remind_expiring() == 0
+    Grant.objects.filter(pk=grant.pk).update(expires_at=timezone.now() + timedelta(days=3))
+    assert grants_remind_expiring() == 1
+    assert grants_remind_expiring() == 0
+    assert Notification.objects.filter(user=applicant, subject__contains="expires on").count() == 1
+
+
+def test_sweeper_resends_lost_emails(applicant: Any) -> None:
+    from access.models import Notification
+    from access.tasks import sweep_unsent_notifications
+
+    lost = Notification.objects.create(user=applicant, subject="Lost in the broker", body="b")
+    Notification.objects.filter(pk=lost.pk).update(created_at=timezone.now() - timedelta(minutes=10))
+    assert sweep_unsent_notifications() == 1
+    lost.refresh_from_db()
+    assert lost.email_sent_at is not None and any(m.subject == "Lost in the broker" for m in mail.outbox)
+    assert sweep_unsent_notifications() == 0
