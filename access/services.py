@@ -699,3 +699,13 @@ def grants_remind_expiring(*, now: datetime | None = None) -> int:
         )
         sent += 1
     return sent
+
+
+# --- Notifications ----------------------------------------------------------------------------
+
+
+def notifications_mark_read(*, user: User, ids: list[int]) -> int:
+    """Mark the user's own notifications among `ids` as read; returns how many changed."""
+    from access.models import Notification
+
+    return Notification.objects.filter(user=user, pk__in=ids, read_at__isnull=True).update(read_at=timezone.now())

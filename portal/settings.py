@@ -58,6 +58,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "portal",
     "access",
+    "artifacts",
 ]
 
 MIDDLEWARE = [
@@ -195,6 +196,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
     "DEFAULT_THROTTLE_RATES": {"anon": "120/min", "user": "600/min"},
+    "EXCEPTION_HANDLER": "access.api.exceptions.handler",
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "OpenRelease API",

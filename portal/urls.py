@@ -14,9 +14,11 @@ urlpatterns = [
     path("accounts/", include("access.urls.accounts")),
     path("", include("access.urls.applicant")),
     path("review/", include("access.urls.review")),
+    path("", include("artifacts.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("api/v1/", include("access.api.urls")),
+    path("api/v1/", include("artifacts.api.urls")),
 ]
 
 handler403 = "portal.views.forbidden"

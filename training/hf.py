@@ -60,13 +60,13 @@ class CheckpointReader:
         self.weight_map = weight_map
         self._handles: dict[str, Any] = {}
         # transformers' OPT exports sometimes omit the "model." prefix ("decoder.layers.0...").
-        self.prefix = "" if any(k.startswith("model.") or k == "lm_head.weight" for k in weight_map) else "model."
+        self.prefix = "" if any(k.startswith("model.") for k in weight_map) else "model."
 
     def keys(self) -> set[str]:
-        return {self.prefix + k if not k.startswith("lm_head") else k for k in self.weight_map}
+        return {k if k.startswith("lm_head.") else self.prefix + k for k in self.weight_map}
 
     def _stored(self, name: str) -> str:
-        return name[len(self.prefix):] if self.prefix and name.startswith(self.prefix) else name
+        return name.removeprefix(self.prefix) if self.prefix else name
 
     def _slice(self, name: str) -> Any:
         stored = self._stored(name)

@@ -23,6 +23,7 @@ from training.parallel import (
     VocabParallelEmbedding,
     VocabParallelHead,
     copy_to_tp,
+    init_normal_,
     reduce_from_tp,
     vocab_parallel_logits,
 )
@@ -376,8 +377,6 @@ def load_balancing_loss(stats: list[RouterStats], n_expert: int) -> torch.Tensor
 def build_model(config: ModelConfig, *, group: object = None, dtype: torch.dtype = torch.float32,
                 device: torch.device | str = "cpu", seed: int | None = 0) -> Transformer:
     """A randomly initialised model; the full weights are the same whatever the tp size."""
-    from training.parallel import init_normal_
-
     with torch.device("meta"):
         model = Transformer(config, group)
     model.to_empty(device=device)

@@ -195,6 +195,7 @@ def api_keys(request: HttpRequest) -> HttpResponse:
     context: dict[str, Any] = {"form": form}
     status = 200
     if request.method == "POST":
+        status = 400
         if form.is_valid():
             expires_on = form.cleaned_data["expires_at"]
             try:
@@ -207,9 +208,7 @@ def api_keys(request: HttpRequest) -> HttpResponse:
             else:
                 # Rendered, not redirected: the raw key must never be stored, not even in the session.
                 context.update(form=ApiKeyForm(), new_key=key, raw_key=raw)
-                status = 201
-        if status != 201:
-            status = 400
+                status = 200
     context["keys"] = request.user.api_keys.order_by("-created_at")
     return render(request, "access/accounts/api_keys.html", context, status=status)
 

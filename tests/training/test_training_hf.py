@@ -155,3 +155,28 @@ def test_tp_that_does_not_divide_fails_before_reading(hf_checkpoints: dict[str, 
     config = training.ModelConfig.from_hf(json.loads((hf_checkpoints["llama"] / "config.json").read_text()))
     with pytest.raises(ValueError, match="n_head=4"):
         config.check_tp(3)
+
+
+def test_loads_checkpoint_without_model_prefix(hf_checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    # Some OPT exports name tensors "decoder.layers.0..." (no "model.") and store the tied head.
+    tensors = {k.removeprefix("model."): v for k, v in _tensors(hf_checkpoints["opt"]).items()}
+    tensors["lm_head.weight"] = tensors["decoder.embed_tokens.weight"].clone()
+    path = _rewrite(hf_checkpoints["opt"], tmp_path / "noprefix", tensors)
+    batch = sample_batch()
+    with torch.no_grad():
+        a = training.load_pretrained(hf_checkpoints["opt"])(batch["ids"])
+        b = training.load_pretrained(path)(batch["ids"])
+    assert torch.equal(a, b)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", list(HF_CASES))
+def test_bf16_on_gpu_is_close_to_transformers(hf_checkpoints: dict[str, Path], name: str) -> None:
+    batch = sample_batch()
+    ids = batch["ids"].cuda()
+    ours = training.load_pretrained(hf_checkpoints[name], dtype=torch.bfloat16, device="cuda")
+    ref = hf_model(name).to("cuda", torch.bfloat16)
+    with torch.no_grad():
+        gap = (ours(ids).float() - ref(ids).logits.float()).abs().max().item()
+    assert gap <= 0.1
