@@ -165,6 +165,11 @@ class QueueFilters:
     search: str = ""
 
 
+def _start_of_day(day: date) -> datetime:
+    # A range on the raw column can use its index; a __date lookup casts every row first.
+    return timezone.make_aware(datetime.combine(day, datetime.min.time()))
+
+
 def review_queue(filters: QueueFilters) -> QuerySet[Application]:
     """Oldest first. Every filter is an indexed column; search is a case-insensitive contains."""
     queryset = Application.objects.select_related("release", "applicant")
@@ -177,9 +182,9 @@ def review_queue(filters: QueueFilters) -> QuerySet[Application]:
     if filters.country:
         queryset = queryset.filter(country=filters.country.upper())
     if filters.submitted_from:
-        queryset = queryset.filter(submitted_at__date__gte=filters.submitted_from)
+        queryset = queryset.filter(submitted_at__gte=_start_of_day(filters.submitted_from))
     if filters.submitted_to:
-        queryset = queryset.filter(submitted_at__date__lte=filters.submitted_to)
+        queryset = queryset.filter(submitted_at__lt=_start_of_day(filters.submitted_to + timedelta(days=1)))
     term = filters.search.strip()
     if term:
         queryset = queryset.filter(
@@ -215,7 +220,7 @@ def review_metrics(*, now: datetime | None = None, weeks: int = 12) -> ReviewMet
     first_week = start_of_week - timedelta(weeks=weeks - 1)
     buckets = {first_week + timedelta(weeks=i): 0 for i in range(weeks)}
     decided = Application.objects.filter(
-        decided_at__date__gte=first_week, status__in=[ApplicationStatus.APPROVED, ApplicationStatus.REJECTED]
+        decided_at__gte=_start_of_day(first_week), status__in=[ApplicationStatus.APPROVED, ApplicationStatus.REJECTED]
     ).values_list("decided_at", flat=True)
     for instant in decided:
         day = timezone.localtime(instant).date() if timezone.is_aware(instant) else instant.date()

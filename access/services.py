@@ -79,7 +79,7 @@ def audit_record(
     return AuditEvent.objects.create(
         actor=actor if actor is not None and actor.is_authenticated else None,
         action=action,
-        target_type=type(target)._meta.label_lower,
+        target_type=target._meta.label_lower,
         target_id=str(target.pk),
         application=application,
         before=before,
@@ -394,6 +394,16 @@ def _notify_applicant(application: Application, event: str, *, expiry: datetime 
     )
 
 
+_ACTION_PAST = {
+    "application.start_review": "moved into review",
+    "application.request_info": "sent back for information",
+    "application.answer": "answered",
+    "application.approve": "approved",
+    "application.reject": "rejected",
+    "application.withdraw": "withdrawn",
+}
+
+
 def _transition(
     application: Application,
     *,
@@ -424,7 +434,7 @@ def _transition(
         if current.status not in allowed_from:
             raise Conflict(
                 f"Application #{current.pk} is now '{current.get_status_display()}', so it cannot be "
-                f"{action.split('.')[-1].replace('_', ' ')}ed from here. Reload the page."
+                f"{_ACTION_PAST[action]} from here. Reload the page."
             )
         raise Conflict(f"Application #{current.pk} changed since you opened it. Reload the page and try again.")
     application.refresh_from_db()

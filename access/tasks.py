@@ -17,7 +17,6 @@ log = logging.getLogger(__name__)
 
 
 @shared_task(
-    queue="default",
     acks_late=True,
     soft_time_limit=60,
     time_limit=90,
@@ -39,7 +38,7 @@ def send_notification_email(notification_id: int) -> None:
     Notification.objects.filter(pk=notification_id, email_sent_at__isnull=True).update(email_sent_at=timezone.now())
 
 
-@shared_task(queue="default", acks_late=True, soft_time_limit=120, time_limit=180)
+@shared_task(acks_late=True, soft_time_limit=120, time_limit=180)
 def sweep_unsent_notifications() -> int:
     """Re-enqueue emails whose task was lost (broker restart, killed worker). Runs periodically."""
     stale = timezone.now() - timezone.timedelta(minutes=5)
@@ -52,7 +51,7 @@ def sweep_unsent_notifications() -> int:
     return len(ids)
 
 
-@shared_task(queue="default", acks_late=True, soft_time_limit=120, time_limit=180)
+@shared_task(acks_late=True, soft_time_limit=120, time_limit=180)
 def remind_expiring_grants() -> int:
     """Tell holders once that their grant is about to expire, with the renewal link."""
     from access.services import grants_remind_expiring

@@ -7,6 +7,7 @@ same code switches to PostgreSQL, Redis, S3 and SMTP when their variables are se
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from pathlib import Path
 
@@ -104,7 +105,8 @@ else:
             # Several processes (portal, worker) share the file: wait for locks instead of failing.
             "OPTIONS": {"timeout": 20, "transaction_mode": "IMMEDIATE"},
             # A file, not shared-cache memory, so threaded tests see real locking, as in production.
-            "TEST": {"NAME": str(VAR_DIR / "test-portal.sqlite3")},
+            # Per process, so concurrent runs never share a test database; pytest-django removes it.
+            "TEST": {"NAME": str(VAR_DIR / f"test-portal-{os.getpid()}.sqlite3")},
         }
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -175,6 +177,13 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = "default"
+# Queues: `default` (email, sweeps), `io` (hashing, imports), `gpu` (reshard, verify numerics, training).
+CELERY_TASK_ROUTES = {
+    "access.tasks.*": {"queue": "default"},
+    "artifacts.tasks.*": {"queue": "io"},
+    "reshard.tasks.*": {"queue": "gpu"},
+    "training.tasks.*": {"queue": "gpu"},
+}
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_BEAT_SCHEDULE = {
@@ -209,6 +218,7 @@ SPECTACULAR_SETTINGS = {
 # --- Static, i18n ----------------------------------------------------------------------------
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
+STATIC_ROOT.mkdir(exist_ok=True)
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
@@ -220,4 +230,35 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
+}
+
+# --- Artifacts: checkpoint storage, verification, signed downloads ----------------------------
+ARTIFACTS_STORAGE = env_str("ARTIFACTS_STORAGE", "local")
+if ARTIFACTS_STORAGE not in {"local", "s3"}:
+    raise ImproperlyConfigured(f"ARTIFACTS_STORAGE={ARTIFACTS_STORAGE!r}: use 'local' or 's3'.")
+ARTIFACTS_LOCAL_ROOT = Path(env_str("ARTIFACTS_LOCAL_ROOT", str(VAR_DIR / "storage")))
+S3_ENDPOINT_URL = env_str("S3_ENDPOINT_URL", "")
+S3_BUCKET = env_str("S3_BUCKET", "")
+AWS_ACCESS_KEY_ID = env_str("AWS_ACCESS_KEY_ID", "")
+AWS_SECRET_ACCESS_KEY = env_str("AWS_SECRET_ACCESS_KEY", "")
+AWS_REGION = env_str("AWS_REGION", "us-east-1")
+if ARTIFACTS_STORAGE == "s3" and not S3_BUCKET:
+    raise ImproperlyConfigured("ARTIFACTS_STORAGE=s3 needs S3_BUCKET (and S3_ENDPOINT_URL for non-AWS servers).")
+ARTIFACTS_S3_MULTIPART_THRESHOLD_MB = env_int("ARTIFACTS_S3_MULTIPART_THRESHOLD_MB", 64)
+# Presigned S3 URLs live at most a minute, so a revocation bites within a minute.
+ARTIFACTS_PRESIGNED_URL_SECONDS = env_int("ARTIFACTS_PRESIGNED_URL_SECONDS", 60)
+if not 1 <= ARTIFACTS_PRESIGNED_URL_SECONDS <= 60:
+    raise ImproperlyConfigured("ARTIFACTS_PRESIGNED_URL_SECONDS must be between 1 and 60.")
+ARTIFACTS_LINK_LIFETIME_HOURS = env_int("ARTIFACTS_LINK_LIFETIME_HOURS", 24)
+ARTIFACTS_DOWNLOAD_QUOTA = env_int("ARTIFACTS_DOWNLOAD_QUOTA", 5)  # complete downloads per grant per file
+# Set (e.g. "/_protected/") when nginx serves the storage root from an `internal` location.
+ARTIFACTS_X_ACCEL_PREFIX = env_str("ARTIFACTS_X_ACCEL_PREFIX", "")
+ARTIFACTS_VERIFY_WORKERS = env_int("ARTIFACTS_VERIFY_WORKERS", 0)  # 0: one per CPU core
+ARTIFACTS_VERIFY_SOFT_TIME_LIMIT = env_int("ARTIFACTS_VERIFY_SOFT_TIME_LIMIT", 6 * 3600)
+ARTIFACTS_VERIFY_STALE_SECONDS = env_int("ARTIFACTS_VERIFY_STALE_SECONDS", 600)
+# When set, import_checkpoint accepts local sources only under these directories.
+ARTIFACTS_IMPORT_ROOTS = env_list("ARTIFACTS_IMPORT_ROOTS")
+CELERY_BEAT_SCHEDULE["artifacts-reap-stale-verifications"] = {
+    "task": "artifacts.tasks.reap_stale_verifications",
+    "schedule": 300.0,
 }

@@ -29,7 +29,7 @@ TAGS = ["catalog"]
 
 @extend_schema_view(get=extend_schema(tags=TAGS, operation_id="releases_list", summary="Listed releases, with their cards"))
 class ReleaseList(generics.ListAPIView):
-    permission_classes = [permissions.AllowAny]
+    permission_classes = (permissions.AllowAny,)
     serializer_class = ReleaseSerializer
     pagination_class = Pagination
 
@@ -38,7 +38,7 @@ class ReleaseList(generics.ListAPIView):
 
 
 class ReleaseDetail(APIView):
-    permission_classes = [permissions.AllowAny]
+    permission_classes = (permissions.AllowAny,)
 
     @extend_schema(
         tags=TAGS, operation_id="releases_retrieve", summary="One release by slug",
@@ -50,7 +50,7 @@ class ReleaseDetail(APIView):
 
 @extend_schema_view(get=extend_schema(tags=TAGS, operation_id="families_list", summary="Model families"))
 class FamilyList(generics.ListAPIView):
-    permission_classes = [permissions.AllowAny]
+    permission_classes = (permissions.AllowAny,)
     serializer_class = FamilySerializer
     pagination_class = Pagination
 
@@ -68,7 +68,7 @@ def _current_license(release: Release) -> Any:
 
 
 class ReleaseLicense(APIView):
-    permission_classes = [permissions.AllowAny]
+    permission_classes = (permissions.AllowAny,)
 
     @extend_schema(
         tags=TAGS, operation_id="releases_license_retrieve", summary="The license text in force for a release",

@@ -20,6 +20,7 @@ class IsReviewer(permissions.BasePermission):
     """Signed-in reviewers (and superusers). Others get 403; anonymous callers 401."""
 
     message = "Only reviewers can use the review API."
+    code = "not_allowed"  # the same code the services' NotAllowed carries
 
     def has_permission(self, request: Any, view: Any) -> bool:
         user = request.user

@@ -82,7 +82,7 @@ def handler(exc: Exception, context: dict[str, Any]) -> Response | None:
         headers["WWW-Authenticate"] = auth_header
     wait = getattr(exc, "wait", None)
     if wait:
-        headers["Retry-After"] = "%d" % wait
+        headers["Retry-After"] = f"{int(wait)}"
     set_rollback()
 
     if isinstance(exc, exceptions.ValidationError):

@@ -33,7 +33,7 @@ TAGS = ["review"]
 
 
 class ReviewView(APIView):
-    permission_classes = [IsReviewer]
+    permission_classes = (IsReviewer,)
 
     def application(self, application_id: int) -> Application:
         return selectors.access_application(actor=self.request.user, application_id=application_id)
@@ -51,7 +51,7 @@ def review_data(application: Application) -> dict[str, Any]:
     )
 )
 class ReviewQueue(generics.ListAPIView):
-    permission_classes = [IsReviewer]
+    permission_classes = (IsReviewer,)
     serializer_class = QueueItemSerializer
     pagination_class = Pagination
 

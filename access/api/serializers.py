@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -73,7 +72,7 @@ class ErrorSerializer(serializers.Serializer):
 class FamilySummarySerializer(serializers.ModelSerializer):
     class Meta:
         model = ModelFamily
-        fields = ["slug", "name", "organization", "architecture"]
+        fields = ("slug", "name", "organization", "architecture")
 
 
 class FamilySerializer(serializers.ModelSerializer):
@@ -81,7 +80,7 @@ class FamilySerializer(serializers.ModelSerializer):
 
     class Meta:
         model = ModelFamily
-        fields = ["slug", "name", "organization", "summary", "architecture", "releases"]
+        fields = ("slug", "name", "organization", "summary", "architecture", "releases")
 
     @extend_schema_field(serializers.ListField(child=serializers.SlugField()))
     def get_releases(self, family: ModelFamily) -> list[str]:
@@ -133,19 +132,19 @@ class LicenseSummarySerializer(serializers.Serializer):
 class ModelCardSerializer(serializers.ModelSerializer):
     class Meta:
         model = ModelCard
-        fields = [
+        fields = (
             "release_date", "version", "model_type", "intended_use", "out_of_scope_use", "evaluation_data",
             "limitations", "training_compute",
-        ]
+        )
 
 
 class DataCardSerializer(serializers.ModelSerializer):
     class Meta:
         model = DataCard
-        fields = [
+        fields = (
             "slug", "title", "motivation", "datasets", "size_tokens", "raw_data", "labels", "splits", "collection",
             "preprocessing",
-        ]
+        )
 
 
 class ReleaseSerializer(serializers.ModelSerializer):
@@ -158,10 +157,10 @@ class ReleaseSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Release
-        fields = [
+        fields = (
             "slug", "name", "size_label", "summary", "family", "access_tier", "architecture", "license",
             "model_card", "data_card",
-        ]
+        )
 
     @extend_schema_field(ModelCardSerializer(allow_null=True))
     def get_model_card(self, release: Release) -> dict[str, Any] | None:
@@ -191,7 +190,7 @@ class LicenseAcceptanceSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = LicenseAcceptance
-        fields = ["id", "release", "license_version_id", "license_version", "accepted_at"]
+        fields = ("id", "release", "license_version_id", "license_version", "accepted_at")
 
 
 class AccessCheckSerializer(serializers.Serializer):
@@ -237,7 +236,7 @@ class MessageSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = ApplicationMessage
-        fields = ["id", "kind", "author", "body", "created_at"]
+        fields = ("id", "kind", "author", "body", "created_at")
 
     def get_author(self, message: ApplicationMessage) -> str:
         if message.kind == ApplicationMessage.Kind.INFO_REQUEST:
@@ -259,12 +258,12 @@ class ApplicationSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Application
-        fields = [
+        fields = (
             "id", "release", "release_name", "status", "version", "renewal_of", "full_name", "email", "affiliation",
             "organization_type", "role", "country", "research_purpose", "intended_use", "publications",
             "license_version", "non_commercial_attested", "submitted_at", "updated_at", "decided_at",
             "rejection_reason",
-        ]
+        )
 
 
 class ApplicationListQuerySerializer(serializers.Serializer):
@@ -305,10 +304,10 @@ class QueueItemSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Application
-        fields = [
+        fields = (
             "id", "release", "status", "version", "full_name", "email", "affiliation", "organization_type",
             "country", "submitted_at", "reviewer",
-        ]
+        )
 
     @extend_schema_field(serializers.CharField(allow_null=True))
     def get_reviewer(self, application: Application) -> str | None:
@@ -320,7 +319,7 @@ class NoteSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = ReviewerNote
-        fields = ["id", "author", "body", "created_at"]
+        fields = ("id", "author", "body", "created_at")
 
     def get_author(self, note: ReviewerNote) -> str:
         return note.author.get_full_name()
@@ -343,10 +342,10 @@ class ReviewApplicationSerializer(ApplicationSerializer):
     signals = serializers.SerializerMethodField()
 
     class Meta(ApplicationSerializer.Meta):
-        fields = [
+        fields = (
             *ApplicationSerializer.Meta.fields, "applicant_id", "reviewer", "decided_by", "submitted_ip",
             "messages", "notes", "signals",
-        ]
+        )
 
     @extend_schema_field(serializers.CharField(allow_null=True))
     def get_reviewer(self, application: Application) -> str | None:
@@ -433,10 +432,10 @@ class GrantSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Grant
-        fields = [
+        fields = (
             "id", "release", "release_name", "application", "state", "active", "starts_at",
             "expires_at", "revoked_at", "revoke_reason",
-        ]
+        )
 
     def get_active(self, grant: Grant) -> bool:
         return grant.is_current()
@@ -447,14 +446,14 @@ class ApiKeySerializer(serializers.ModelSerializer):
 
     class Meta:
         model = ApiKey
-        fields = ["id", "name", "key_prefix", "created_at", "last_used_at", "expires_at", "revoked_at", "usable"]
+        fields = ("id", "name", "key_prefix", "created_at", "last_used_at", "expires_at", "revoked_at", "usable")
 
 
 class ApiKeyCreatedSerializer(ApiKeySerializer):
     key = serializers.CharField(help_text="The key itself. Shown only in this response: store it now.")
 
     class Meta(ApiKeySerializer.Meta):
-        fields = [*ApiKeySerializer.Meta.fields, "key"]
+        fields = (*ApiKeySerializer.Meta.fields, "key")
 
 
 class ApiKeyCreateInputSerializer(serializers.Serializer):

@@ -169,7 +169,8 @@ class PasswordResetCompleteView(auth_views.PasswordResetCompleteView):
 @login_required
 @require_http_methods(["GET", "POST"])
 def profile(request: HttpRequest) -> HttpResponse:
-    user = request.user
+    # The audit log names the target's model class, so pass the User itself, not the lazy proxy.
+    user = request.user._wrapped if hasattr(request.user, "_wrapped") else request.user
     initial = {"full_name": user.full_name, "affiliation": user.affiliation}
     form = ProfileForm(request.POST or None, initial=initial)
     if request.method == "POST":

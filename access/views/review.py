@@ -361,6 +361,7 @@ def _render_queue(
     paginator = Paginator(selectors.review_queue(form.filters()), form.page_size())
     page = paginator.get_page(query.get("page"))
     metrics = selectors.review_metrics()
+    counts = selectors.review_status_counts()
     selected = set(getattr(bulk_form, "cleaned_data", {}).get("application_ids", []))
     return render(
         request,
@@ -369,12 +370,7 @@ def _render_queue(
             "form": form,
             "page": page,
             "paginator": paginator,
-            "status_counts": [
-                (value, label, count)
-                for (value, label), count in zip(
-                    ApplicationStatus.choices, selectors.review_status_counts().values(), strict=True
-                )
-            ],
+            "status_counts": [(value, label, counts.get(value, 0)) for value, label in ApplicationStatus.choices],
             "metrics": metrics,
             "median": human_hours(metrics.median_hours_30d),
             "p90": human_hours(metrics.p90_hours_30d),

@@ -1,0 +1,160 @@
+"""Rows of the artifacts app: the checkpoint registry, verification jobs and download events."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+
+class CheckpointFormat(models.TextChoices):
+    METASEQ_FSDP = "metaseq-fsdp", "metaseq FSDP shards (checkpoint_last-model_part-*-shard*.pt)"
+    METASEQ = "metaseq", "metaseq consolidated (reshard-model_part-*.pt)"
+    HF = "hf", "Hugging Face transformers (config.json + safetensors/bin)"
+    NATIVE = "native", "OpenRelease native (manifest.json + config.json)"
+
+
+class CheckpointState(models.TextChoices):
+    REGISTERED = "registered", "Registered (not verified yet)"
+    VERIFYING = "verifying", "Verifying"
+    READY = "ready", "Ready"
+    QUARANTINED = "quarantined", "Quarantined"
+    RETIRED = "retired", "Retired"
+
+
+class Checkpoint(models.Model):
+    """One set of weight files for a release, in one format and tensor-parallel layout."""
+
+    release = models.ForeignKey("access.Release", on_delete=models.PROTECT, related_name="checkpoints")
+    variant = models.CharField(max_length=100, help_text="Short name, unique within the release, e.g. hf-fp16.")
+    format = models.CharField(max_length=16, choices=CheckpointFormat.choices)
+    tp_size = models.PositiveIntegerField(default=1, help_text="Tensor-parallel parts.")
+    dtype = models.CharField(max_length=16, blank=True)
+    state = models.CharField(max_length=12, choices=CheckpointState.choices, default=CheckpointState.REGISTERED)
+    state_reason = models.TextField(blank=True)
+    label = models.CharField(max_length=200, blank=True, help_text='e.g. "random weights (demo)".')
+    description = models.TextField(blank=True)
+    derived_from = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="derivatives"
+    )
+    # Reshard jobs arrive in a later issue; until then a free-form record of what produced it.
+    produced_by_job = models.JSONField(null=True, blank=True)
+    source_uri = models.CharField(max_length=1000, blank=True)
+    # The parsed --checksums list: {"kind", "unmatched": [names listed but not in the checkpoint]}.
+    published_checksums = models.JSONField(null=True, blank=True)
+    storage_prefix = models.CharField(max_length=500)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    verified_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["release__slug", "variant"]
+        constraints = [models.UniqueConstraint(fields=["release", "variant"], name="uniq_checkpoint_variant")]
+
+    def __str__(self) -> str:
+        return f"{self.release.slug}/{self.variant}"
+
+    @property
+    def is_servable(self) -> bool:
+        return self.state == CheckpointState.READY
+
+
+class ChecksumSource(models.TextChoices):
+    NONE = "", "None yet"
+    PUBLISHED = "published", "Published list"
+    FIRST_VERIFICATION = "first_verification", "First verification (trust on first use)"
+
+
+class CheckpointFile(models.Model):
+    checkpoint = models.ForeignKey(Checkpoint, on_delete=models.CASCADE, related_name="files")
+    path = models.CharField(max_length=500, help_text="Relative to the checkpoint directory.")
+    size = models.BigIntegerField()
+    sha256 = models.CharField(max_length=64, blank=True)
+    md5 = models.CharField(max_length=32, blank=True)
+    # What the stored bytes must hash to: from a published list, or from the first verification.
+    expected_sha256 = models.CharField(max_length=64, blank=True)
+    expected_md5 = models.CharField(max_length=32, blank=True)
+    expected_source = models.CharField(max_length=20, choices=ChecksumSource.choices, blank=True)
+    storage_key = models.CharField(max_length=1000)
+    verified_at = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["checkpoint", "path"]
+        constraints = [models.UniqueConstraint(fields=["checkpoint", "path"], name="uniq_checkpoint_file_path")]
+
+    def __str__(self) -> str:
+        return f"{self.checkpoint}:{self.path}"
+
+    @property
+    def name(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
+
+
+class JobStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed (checkpoint quarantined)"
+    ERROR = "error", "Error (could not finish)"
+
+
+class VerificationJob(models.Model):
+    """One pass hashing every file of a checkpoint; progress is here for operators to watch."""
+
+    checkpoint = models.ForeignKey(Checkpoint, on_delete=models.CASCADE, related_name="verification_jobs")
+    status = models.CharField(max_length=10, choices=JobStatus.choices, default=JobStatus.QUEUED)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    bytes_total = models.BigIntegerField(default=0)
+    bytes_hashed = models.BigIntegerField(default=0)
+    files_total = models.PositiveIntegerField(default=0)
+    files_done = models.PositiveIntegerField(default=0)
+    attempts = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    # {"bad_files": [{"path", "problem"}], "checked": n, "published_list": bool, "seconds": float, ...}
+    report = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        indexes = [models.Index(fields=["status", "heartbeat_at"])]
+
+    def __str__(self) -> str:
+        return f"verify #{self.pk} {self.checkpoint} ({self.status})"
+
+    @property
+    def percent(self) -> float:
+        return 100.0 * self.bytes_hashed / self.bytes_total if self.bytes_total else 0.0
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in {JobStatus.QUEUED, JobStatus.RUNNING}
+
+
+class DownloadEvent(models.Model):
+    """One redemption of a signed link. `bytes_served` is reserved when serving starts and settled to
+    the bytes actually sent when the portal streams the file itself."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="download_events")
+    file = models.ForeignKey(CheckpointFile, on_delete=models.PROTECT, related_name="download_events")
+    grant = models.ForeignKey(
+        "access.Grant", null=True, blank=True, on_delete=models.PROTECT, related_name="download_events"
+    )
+    status_code = models.PositiveSmallIntegerField()
+    bytes_served = models.BigIntegerField(default=0)
+    range_start = models.BigIntegerField(null=True, blank=True)
+    range_end = models.BigIntegerField(null=True, blank=True)
+    via = models.CharField(max_length=16, help_text="portal, x-accel or s3-redirect.")
+    ip_address = models.GenericIPAddressField(null=True, blank=True)
+    user_agent = models.CharField(max_length=500, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        indexes = [models.Index(fields=["file", "user", "grant"])]
+
+    def __str__(self) -> str:
+        return f"{self.user} {self.file} {self.bytes_served}B"

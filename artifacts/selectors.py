@@ -1,0 +1,143 @@
+"""Reads of the artifacts app. Guarded rows have one door each:
+
+- `access_downloadable_checkpoint`: a ready checkpoint the actor may download now (404 when it does not
+  exist or is not ready; NotAllowed with the access decision's message otherwise);
+- `access_operator_checkpoint` / `require_operator`: operators (staff) and reviewers only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from django.db.models import Count, Max, QuerySet, Sum
+from django.http import Http404
+
+from access.errors import NotAllowed
+from access.models import Grant
+from access.selectors import AccessDecision, release_access_check
+from artifacts.models import Checkpoint, CheckpointFile, CheckpointState, DownloadEvent, VerificationJob
+
+
+def is_operator(user: Any) -> bool:
+    return bool(user and user.is_authenticated and user.is_active and (user.is_staff or user.is_reviewer))
+
+
+def require_operator(user: Any) -> None:
+    if not is_operator(user):
+        raise NotAllowed("Only operators and reviewers can see checkpoints and downloads.")
+
+
+def _checkpoint_by_id(checkpoint_id: Any) -> Checkpoint:
+    try:
+        return Checkpoint.objects.select_related("release__license", "derived_from").get(pk=int(checkpoint_id))
+    except (Checkpoint.DoesNotExist, ValueError, TypeError):
+        raise Http404("No such checkpoint.") from None
+
+
+def access_downloadable_checkpoint(*, actor: Any, checkpoint_id: Any) -> tuple[Checkpoint, AccessDecision]:
+    checkpoint = _checkpoint_by_id(checkpoint_id)
+    if checkpoint.state != CheckpointState.READY or not checkpoint.release.is_listed:
+        raise Http404("No such checkpoint.")
+    decision = release_access_check(user=actor, release=checkpoint.release)
+    if not decision.allowed:
+        raise NotAllowed(decision.message)
+    return checkpoint, decision
+
+
+def access_operator_checkpoint(*, actor: Any, checkpoint_id: Any) -> Checkpoint:
+    if not is_operator(actor):
+        raise Http404("No such checkpoint.")
+    return _checkpoint_by_id(checkpoint_id)
+
+
+def downloadable_checkpoints(*, user: Any) -> list[Checkpoint]:
+    """Ready checkpoints of releases the user may use now."""
+    if not (user and user.is_authenticated):
+        return []
+    checkpoints = list(
+        Checkpoint.objects.filter(state=CheckpointState.READY, release__is_listed=True)
+        .select_related("release__license")
+        .annotate(file_count=Count("files"), total_size=Sum("files__size"))
+        .order_by("release__sort_order", "release__slug", "variant")
+    )
+    allowed: dict[int, bool] = {}
+    result = []
+    for checkpoint in checkpoints:
+        if checkpoint.release_id not in allowed:
+            allowed[checkpoint.release_id] = release_access_check(user=user, release=checkpoint.release).allowed
+        if allowed[checkpoint.release_id]:
+            result.append(checkpoint)
+    return result
+
+
+def checkpoint_files(checkpoint: Checkpoint) -> QuerySet[CheckpointFile]:
+    return checkpoint.files.order_by("path")
+
+
+def latest_verification(checkpoint: Checkpoint) -> VerificationJob | None:
+    return checkpoint.verification_jobs.order_by("-created_at", "-pk").first()
+
+
+def operator_checkpoints() -> QuerySet[Checkpoint]:
+    return (
+        Checkpoint.objects.select_related("release", "derived_from")
+        .annotate(
+            file_count=Count("files", distinct=True),
+            total_size=Sum("files__size", distinct=True),
+        )
+        .order_by("release__slug", "variant")
+    )
+
+
+def checkpoint_download_counts() -> dict[int, dict[str, Any]]:
+    """Per checkpoint: full-file equivalents served, requests, distinct users, bytes."""
+    rows = (
+        DownloadEvent.objects.values("file__checkpoint_id")
+        .annotate(requests=Count("pk"), users=Count("user", distinct=True), bytes=Sum("bytes_served"),
+                  last=Max("created_at"))
+        .order_by()
+    )
+    return {row["file__checkpoint_id"]: row for row in rows}
+
+
+@dataclass
+class GrantDownloads:
+    grant: Grant | None
+    user_email: str
+    release_name: str
+    files: int
+    bytes: int
+    last_activity: datetime | None
+
+
+def downloads_by_grant() -> list[GrantDownloads]:
+    """Downloads per grant (gated releases) and per user (open releases, no grant), latest first."""
+    rows = (
+        DownloadEvent.objects.values("grant_id", "user__email", "file__checkpoint__release__name")
+        .annotate(files=Count("file", distinct=True), bytes=Sum("bytes_served"), last=Max("created_at"))
+        .order_by("-last")
+    )
+    grants = Grant.objects.in_bulk([row["grant_id"] for row in rows if row["grant_id"]])
+    return [
+        GrantDownloads(
+            grant=grants.get(row["grant_id"]), user_email=row["user__email"],
+            release_name=row["file__checkpoint__release__name"], files=row["files"], bytes=row["bytes"] or 0,
+            last_activity=row["last"],
+        )
+        for row in rows
+    ]
+
+
+def grant_file_downloads(grant: Grant) -> list[dict[str, Any]]:
+    return list(
+        DownloadEvent.objects.filter(grant=grant)
+        .values("file_id", "file__path", "file__size", "file__checkpoint__variant")
+        .annotate(requests=Count("pk"), bytes=Sum("bytes_served"), last=Max("created_at"))
+        .order_by("file__checkpoint__variant", "file__path")
+    )
+
+
+def grant_recent_events(grant: Grant, limit: int = 50) -> QuerySet[DownloadEvent]:
+    return DownloadEvent.objects.filter(grant=grant).select_related("file")[:limit]

@@ -1,0 +1,222 @@
+"""Pages of the artifacts app: download pages and bundles for users, checkpoint and download views
+for operators, and the signed-link endpoint. Each view validates, calls one service or selector,
+and renders."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_http_methods, require_POST
+
+from access import services as access_services
+from access.errors import AccessError, NotAllowed
+from access.selectors import access_grant
+from access.services import RequestMeta
+from artifacts import selectors, services
+from artifacts.models import Checkpoint
+from artifacts.serving import download_response, refusal_response
+from artifacts.services import Bundle, DownloadRefused
+
+
+def _link_path(token: str) -> str:
+    return reverse("download-file", args=[token])
+
+
+def _renewal_path(checkpoint_id: int) -> str:
+    return reverse("downloads-renew", args=[checkpoint_id])
+
+
+def _base_url(request: HttpRequest) -> str:
+    return request.build_absolute_uri("/").rstrip("/")
+
+
+def _downloadable(request: HttpRequest, checkpoint_id: int) -> Checkpoint:
+    try:
+        checkpoint, _decision = selectors.access_downloadable_checkpoint(actor=request.user, checkpoint_id=checkpoint_id)
+    except NotAllowed as error:
+        raise PermissionDenied(error.message) from None
+    return checkpoint
+
+
+def issue_bundle(request: HttpRequest, checkpoint: Checkpoint, *, record: bool = True) -> Bundle:
+    try:
+        return services.links_issue(
+            user=request.user, checkpoint=checkpoint, base_url=_base_url(request), link_url=_link_path,
+            renewal_url=_renewal_path(checkpoint.pk), meta=RequestMeta.from_request(request), record=record,
+        )
+    except NotAllowed as error:
+        raise PermissionDenied(error.message) from None
+
+
+# --- The signed link --------------------------------------------------------------------------
+
+
+@never_cache
+@require_http_methods(["GET", "HEAD"])
+def download_file(request: HttpRequest, token: str) -> HttpResponse:
+    head = request.method == "HEAD"
+    try:
+        redemption = services.download_redeem(
+            token=token, request_user=request.user, meta=RequestMeta.from_request(request),
+            renewal_url_for=_renewal_path, range_header=request.META.get("HTTP_RANGE"),
+            if_none_match=request.META.get("HTTP_IF_NONE_MATCH"), if_range=request.META.get("HTTP_IF_RANGE"),
+            head=head,
+        )
+    except DownloadRefused as refusal:
+        return refusal_response(request, refusal)
+    return download_response(redemption, head=head)
+
+
+# --- Users' download pages --------------------------------------------------------------------
+
+
+@login_required
+def my_downloads(request: HttpRequest) -> HttpResponse:
+    return render(request, "artifacts/my_downloads.html",
+                  {"checkpoints": selectors.downloadable_checkpoints(user=request.user)})
+
+
+@login_required
+def checkpoint_download(request: HttpRequest, checkpoint_id: int) -> HttpResponse:
+    checkpoint = _downloadable(request, checkpoint_id)
+    bundle = issue_bundle(request, checkpoint, record=False)
+    return render(request, "artifacts/download.html", {"checkpoint": checkpoint, "bundle": bundle})
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def checkpoint_renew(request: HttpRequest, checkpoint_id: int) -> HttpResponse:
+    """The page an expired link points to: one click (POST) gets fresh links, no reviewer involved."""
+    checkpoint = _downloadable(request, checkpoint_id)
+    if request.method == "POST":
+        bundle = issue_bundle(request, checkpoint)
+        messages.success(request, f"Fresh links issued; they expire on {bundle.expires_at:%Y-%m-%d %H:%M} UTC. "
+                                  "Download the new download.sh and run it in the same directory to resume.")
+        return redirect("downloads-checkpoint", checkpoint_id=checkpoint.pk)
+    return render(request, "artifacts/renew.html", {"checkpoint": checkpoint})
+
+
+def _text(body: str, filename: str, content_type: str = "text/plain; charset=utf-8") -> HttpResponse:
+    response = HttpResponse(body, content_type=content_type)
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+@login_required
+def bundle_sha256sums(request: HttpRequest, checkpoint_id: int) -> HttpResponse:
+    return _text(issue_bundle(request, _downloadable(request, checkpoint_id), record=False).sha256sums(), "SHA256SUMS")
+
+
+@login_required
+def bundle_md5sums(request: HttpRequest, checkpoint_id: int) -> HttpResponse:
+    return _text(issue_bundle(request, _downloadable(request, checkpoint_id), record=False).md5sums(), "MD5SUMS")
+
+
+@login_required
+def bundle_manifest(request: HttpRequest, checkpoint_id: int) -> HttpResponse:
+    bundle = issue_bundle(request, _downloadable(request, checkpoint_id))
+    response = JsonResponse(bundle.manifest(), json_dumps_params={"indent": 2})
+    response["Content-Disposition"] = 'attachment; filename="manifest.json"'
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+@login_required
+def bundle_script(request: HttpRequest, checkpoint_id: int) -> HttpResponse:
+    bundle = issue_bundle(request, _downloadable(request, checkpoint_id))
+    return _text(bundle.download_script(), "download.sh", "text/x-shellscript; charset=utf-8")
+
+
+# --- Operators and reviewers ------------------------------------------------------------------
+
+
+def _operator(request: HttpRequest) -> None:
+    if not selectors.is_operator(request.user):
+        raise PermissionDenied("Only operators and reviewers can see checkpoints and downloads.")
+
+
+@login_required
+def checkpoint_index(request: HttpRequest) -> HttpResponse:
+    _operator(request)
+    counts = selectors.checkpoint_download_counts()
+    rows = [(checkpoint, counts.get(checkpoint.pk, {})) for checkpoint in selectors.operator_checkpoints()]
+    return render(request, "artifacts/checkpoint_index.html", {"rows": rows})
+
+
+@login_required
+def checkpoint_detail(request: HttpRequest, checkpoint_id: int) -> HttpResponse:
+    checkpoint = selectors.access_operator_checkpoint(actor=request.user, checkpoint_id=checkpoint_id)
+    job = selectors.latest_verification(checkpoint)
+    return render(request, "artifacts/checkpoint_detail.html", {
+        "checkpoint": checkpoint,
+        "files": selectors.checkpoint_files(checkpoint),
+        "job": job,
+        "jobs": checkpoint.verification_jobs.all()[:10],
+        "counts": selectors.checkpoint_download_counts().get(checkpoint.pk, {}),
+        "derivatives": checkpoint.derivatives.all(),
+    })
+
+
+@login_required
+def checkpoint_progress(request: HttpRequest, checkpoint_id: int) -> JsonResponse:
+    checkpoint = selectors.access_operator_checkpoint(actor=request.user, checkpoint_id=checkpoint_id)
+    job = selectors.latest_verification(checkpoint)
+    body: dict[str, Any] = {"checkpoint": checkpoint.pk, "state": checkpoint.state, "job": None}
+    if job is not None:
+        body["job"] = {
+            "id": job.pk, "status": job.status, "bytes_hashed": job.bytes_hashed, "bytes_total": job.bytes_total,
+            "files_done": job.files_done, "files_total": job.files_total,
+            "heartbeat_at": job.heartbeat_at.isoformat() if job.heartbeat_at else None, "report": job.report,
+        }
+    return JsonResponse(body)
+
+
+@login_required
+@require_POST
+def checkpoint_verify(request: HttpRequest, checkpoint_id: int) -> HttpResponse:
+    checkpoint = selectors.access_operator_checkpoint(actor=request.user, checkpoint_id=checkpoint_id)
+    try:
+        job = services.checkpoint_verify_again(checkpoint=checkpoint, actor=request.user,
+                                               meta=RequestMeta.from_request(request))
+    except AccessError as error:
+        messages.error(request, error.message)
+    else:
+        messages.success(request, f"Verification #{job.pk} queued.")
+    return redirect("checkpoint-detail", checkpoint_id=checkpoint.pk)
+
+
+@login_required
+def grant_downloads_index(request: HttpRequest) -> HttpResponse:
+    _operator(request)
+    return render(request, "artifacts/grant_downloads.html", {"rows": selectors.downloads_by_grant()})
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def grant_downloads_detail(request: HttpRequest, grant_id: int) -> HttpResponse:
+    _operator(request)
+    grant = access_grant(actor=request.user, grant_id=grant_id)
+    reason = ""
+    error = ""
+    if request.method == "POST":
+        reason = request.POST.get("reason", "")
+        try:
+            access_services.grant_revoke(grant=grant, actor=request.user, reason=reason,
+                                         meta=RequestMeta.from_request(request))
+        except AccessError as failure:
+            error = failure.message
+        else:
+            messages.success(request, f"Grant #{grant.pk} revoked; its download links stop working now.")
+            return redirect("grant-downloads-detail", grant_id=grant.pk)
+    return render(request, "artifacts/grant_downloads_detail.html", {
+        "grant": grant, "files": selectors.grant_file_downloads(grant),
+        "events": selectors.grant_recent_events(grant), "reason": reason, "error": error,
+    }, status=400 if error else 200)
