@@ -9,7 +9,7 @@ grant or API key) call the same services as the portal, so they are audited the 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from django import forms
 from django.contrib import admin, messages
@@ -114,7 +114,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
     search_fields = ("name", "key_prefix", "user__email")
     list_select_related = ("user",)
     readonly_fields = ("user", "name", "key_prefix", "key_hash", "created_at", "last_used_at", "expires_at", "revoked_at")
-    actions = ["revoke_keys"]
+    actions = ("revoke_keys",)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # keys are created by their owner, who sees the raw key once
@@ -152,8 +152,8 @@ class LicenseVersionInline(admin.StackedInline):
 class LicenseAdmin(admin.ModelAdmin):
     list_display = ("name", "slug", "current")
     search_fields = ("name", "slug")
-    prepopulated_fields = {"slug": ("name",)}
-    inlines = [LicenseVersionInline]
+    prepopulated_fields: ClassVar[dict[str, tuple[str, ...]]] = {"slug": ("name",)}
+    inlines = (LicenseVersionInline,)
 
     @admin.display(description="Current version")
     def current(self, obj: License) -> str:
@@ -184,7 +184,7 @@ class ModelFamilyAdmin(admin.ModelAdmin):
     list_display = ("name", "organization", "architecture")
     list_filter = ("architecture",)
     search_fields = ("name", "slug", "organization")
-    prepopulated_fields = {"slug": ("name",)}
+    prepopulated_fields: ClassVar[dict[str, tuple[str, ...]]] = {"slug": ("name",)}
 
 
 @admin.register(DataCard)
@@ -206,8 +206,8 @@ class ReleaseAdmin(admin.ModelAdmin):
     list_editable = ("is_listed", "sort_order")
     list_select_related = ("family", "license")
     search_fields = ("name", "slug")
-    prepopulated_fields = {"slug": ("name",)}
-    inlines = [ModelCardInline]
+    prepopulated_fields: ClassVar[dict[str, tuple[str, ...]]] = {"slug": ("name",)}
+    inlines = (ModelCardInline,)
 
 
 @admin.register(ModelCard)
@@ -252,7 +252,7 @@ class ApplicationAdmin(admin.ModelAdmin):
     search_fields = ("full_name", "email", "affiliation", "=id")
     list_select_related = ("release", "decided_by")
     date_hierarchy = "submitted_at"
-    inlines = [ApplicationMessageInline, ReviewerNoteInline]
+    inlines = (ApplicationMessageInline, ReviewerNoteInline)
     # Who applied, what they accepted and what was decided is evidence: decide in the reviewer dashboard.
     readonly_fields = (
         "review_link", "applicant", "release", "status", "version", "renewal_of", "email", "license_acceptance",
@@ -316,7 +316,7 @@ class GrantAdmin(admin.ModelAdmin):
     readonly_fields = ("user", "release", "application", "status", "starts_at", "expires_at", "created_at",
                        "revoked_at", "revoked_by", "revoke_reason")
     action_form = GrantActionForm
-    actions = ["revoke_grants"]
+    actions = ("revoke_grants",)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # grants come from approved applications

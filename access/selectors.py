@@ -17,6 +17,7 @@ from django.utils import timezone
 from access.errors import NotAllowed
 from access.models import (
     AccessTier,
+    ApiKey,
     Application,
     ApplicationStatus,
     Grant,
@@ -113,6 +114,18 @@ def access_grant(*, actor: User, grant_id: int) -> Grant:
     if actor.is_authenticated and (grant.user_id == actor.pk or actor.is_reviewer or actor.is_staff):
         return grant
     raise Http404("No such grant.")
+
+
+def user_api_keys(*, user: User) -> QuerySet[ApiKey]:
+    return ApiKey.objects.filter(user=user).order_by("-created_at", "-pk")
+
+
+def access_api_key(*, actor: User, key_id: int) -> ApiKey:
+    """One of the actor's own API keys; anyone else's is a 404."""
+    key = user_api_keys(user=actor).filter(pk=key_id).first() if actor.is_authenticated else None
+    if key is None:
+        raise Http404("No such API key.")
+    return key
 
 
 def require_reviewer(user: Any) -> None:

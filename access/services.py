@@ -287,7 +287,10 @@ class ApplicationInput:
 
 def _ensure_can_apply(*, user: User, release: Release, renewal_of: Grant | None) -> None:
     if not release.is_gated:
-        raise InvalidInput(f"{release.name} is an open release: accept its license and download, no application needed.")
+        raise InvalidInput(
+            f"{release.name} is an open release: accept its license and download, no application needed.",
+            field="release",
+        )
     if not user.email_verified:
         raise NotAllowed("Verify your email address first: we sent you a link when you signed up.")
     if Application.objects.filter(applicant=user, release=release, status__in=OPEN_STATUSES).exists():

@@ -23,7 +23,8 @@ from artifacts.services import DownloadRefused, Redemption, download_settle
 
 class RangeFile:
     """Bytes [start, end] of a file, with the parts of the file API that FileResponse and
-    socket.sendfile use. Deliberately no tell(): FileResponse must not compute Content-Length."""
+    socket.sendfile use. No tell() and not "seekable": FileResponse must not measure it; we set
+    Content-Length to the range length ourselves."""
 
     def __init__(self, path: Path, start: int, end: int, event_id: int) -> None:
         self._handle = open(path, "rb")  # noqa: SIM115 (closed in close())
@@ -37,6 +38,10 @@ class RangeFile:
 
     def fileno(self) -> int:
         return self._handle.fileno()
+
+    def seekable(self) -> bool:
+        # False, or FileResponse.set_headers reads the whole file to measure it.
+        return False
 
     def read(self, size: int = -1) -> bytes:
         self._observed = True

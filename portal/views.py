@@ -20,4 +20,6 @@ def forbidden(request: HttpRequest, exception: Exception | None = None) -> HttpR
 
 
 def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    if request.path.startswith("/api/"):
+        return JsonResponse({"code": "not_found", "detail": "No such API endpoint or object."}, status=404)
     return render(request, "errors/404.html", status=404)

@@ -8,6 +8,7 @@ it runs under torchrun on a bare GPU box. Library API::
     reshard.convert(src, dst, *, to, tp=None, dtype=None, arch=None, progress=None) -> ConvertResult
     reshard.verify(dir, against=None) -> VerifyResult          (raises VerificationError)
     reshard.load_native(dir, group=None, dtype=None) -> training.Transformer (this rank only)
+    reshard.save_state(state, config, dst, to="native", tp=1) -> ConvertResult (full tensors, our names)
 
 Exit codes of ``python -m reshard`` (errors carry them as ``exc.exit_code``):
     0 ok; 1 internal error; 2 usage (bad options, DST exists, tp does not divide the model);
@@ -22,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from reshard.convert import ConvertResult, FileInfo, clean_stale, convert
+from reshard.convert import ConvertResult, FileInfo, clean_stale, convert, save_state
 from reshard.errors import (
     EXIT_BAD_INPUT,
     EXIT_INTERNAL,
@@ -76,5 +77,5 @@ __all__ = [
     "EXIT_BAD_INPUT", "EXIT_INTERNAL", "EXIT_OK", "EXIT_UNSAFE_PICKLE", "EXIT_USAGE", "EXIT_VERIFY_FAILED",
     "ArchitectureError", "ConvertResult", "FileInfo", "FormatError", "InspectResult", "MismatchError",
     "ReshardError", "UnsafePickleError", "UsageError", "VerificationError", "VerifyResult", "clean_stale",
-    "convert", "inspect", "load_native", "native_config", "verify",
+    "convert", "inspect", "load_native", "native_config", "save_state", "verify",
 ]

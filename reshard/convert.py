@@ -32,6 +32,7 @@ from reshard.sources import (
     Source,
     config_to_json,
     native_file_name,
+    StateSource,
     open_source,
 )
 from training import hf_name_map
@@ -256,6 +257,18 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, to: str
                         max_shard_bytes=max_shard_bytes, started=started, fsync=fsync)
     finally:
         source.close()
+
+
+def save_state(state: dict[str, torch.Tensor], config: Any, dst: str | os.PathLike[str], *, to: str = "native",
+               tp: int = 1, dtype: str | torch.dtype | None = None) -> ConvertResult:
+    """Write full tensors under our names (e.g. ``training.gather_full_state(model)``) in any
+    output layout, with the same guarantees as ``convert``."""
+    dst = Path(dst).absolute()
+    if dst.exists():
+        raise UsageError(f"{dst} already exists; remove it or choose another destination")
+    clean_stale(dst)
+    return _convert(StateSource(state, config), dst, to=to, tp=tp, dtype=dtype, progress=None,
+                    max_shard_bytes=HF_MAX_SHARD_BYTES, started=time.monotonic(), fsync=False)
 
 
 def _convert(source: Source, dst: Path, *, to: str, tp: int | None, dtype: str | torch.dtype | None,

@@ -82,8 +82,8 @@ def config_from_cfg(cfg: Any, *, vocab_rows: int, file: str) -> ModelConfig:
         raise ArchitectureError(f"{file}: embedding has {vocab_rows} rows, not a multiple of 8 (the OPT padding rule); "
                                 f"pass --arch NAME to state the vocabulary")
     try:
-        return ModelConfig(
-            family="opt", name=str(model.get("_name") or "metaseq-opt"), vocab_size=vocab_rows,
+        found = ModelConfig(
+            family="opt", name="metaseq-opt", vocab_size=vocab_rows,
             n_layer=int(need("decoder_layers")), n_head=int(need("decoder_attention_heads")), n_embd=embed_dim,
             ffn_dim=int(need("decoder_ffn_embed_dim")), max_seq_len=int(need("max_target_positions")),
             pre_norm=bool(model.get("decoder_normalize_before", True)),
@@ -92,6 +92,11 @@ def config_from_cfg(cfg: Any, *, vocab_rows: int, file: str) -> ModelConfig:
         )
     except ValueError as exc:
         raise FormatError(f"{file}: cfg['model'] does not describe a valid model: {exc}") from None
+    # Name it after the published size it matches, if any (opt-1.3b), else by its shape.
+    for known in CONFIGS.values():
+        if known.replace(name=found.name) == found:
+            return known
+    return found.replace(name=f"metaseq-opt-{found.n_layer}L-{found.n_embd}d")
 
 
 def cfg_from_config(cfg: ModelConfig, parts: int) -> dict[str, Any]:

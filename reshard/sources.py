@@ -597,6 +597,26 @@ class MetaseqSource(Source):
         self.parts.clear()
 
 
+class StateSource(Source):
+    """Full tensors already in memory under our names (a training model's gathered state)."""
+
+    format = "state"
+
+    def __init__(self, state: dict[str, torch.Tensor], config: ModelConfig) -> None:
+        self.path = Path(".")
+        self.config, self.layout, self.tp, self.files = config, ModelLayout.of(config), 1, []
+        self.architecture_from = "checkpoint"
+        self.state = state
+        check_complete("state", expected=dict(self.layout.shapes), found={k: tuple(v.shape) for k, v in state.items()})
+        self.dtype = _dtype_of([t.dtype for t in state.values()], "state")
+
+    def _read(self, name: str) -> torch.Tensor:
+        return self.state[name].detach().to("cpu", self.dtype)
+
+    def extra_files(self) -> list[Path]:
+        return []
+
+
 # --------------------------------------------------------------------------------------------
 # Detection
 # --------------------------------------------------------------------------------------------

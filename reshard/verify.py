@@ -106,36 +106,63 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _rank_logits(rank: int, world: int, port: int, folder: str, out: str, ids: torch.Tensor) -> None:
+def _rank_main() -> None:
+    """Entry point of one verification rank (env: RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT,
+    as torchrun sets them); argv: checkpoint dir, token ids file, output file."""
+    import sys
+
     import torch.distributed as dist
 
     from reshard.native import load_native
 
+    folder, ids_file, out = sys.argv[1:4]
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    dist.init_process_group("gloo")
     try:
         model = load_native(folder, dtype=torch.float32)
         with torch.no_grad():
-            logits = model(ids)
-        if rank == 0:
+            logits = model(torch.load(ids_file, weights_only=True))
+        if dist.get_rank() == 0:
             torch.save(logits, out)
     finally:
         dist.destroy_process_group()
 
 
-def native_logits(folder: Path, ids: torch.Tensor, tp: int) -> torch.Tensor:
-    """Logits of a native checkpoint run at its own tp, one spawned gloo process per rank."""
+def native_logits(folder: Path, ids: torch.Tensor, tp: int, *, timeout: float = 600.0) -> torch.Tensor:
+    """Logits of a native checkpoint run at its own tp: one process per rank on gloo, started
+    the way torchrun would (env rendezvous), each reading only its own rank file."""
     if tp == 1:
         from reshard.native import load_native
 
         with torch.no_grad():
             return load_native(folder, group=TPGroup(None, 0, 1), dtype=torch.float32)(ids)
-    import torch.multiprocessing as mp
+    import subprocess
+    import sys
 
+    root = str(Path(__file__).resolve().parents[1])
     with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "logits.pt")
-        mp.start_processes(_rank_logits, args=(tp, _free_port(), str(folder), out, ids), nprocs=tp, join=True,
-                           start_method="spawn")
+        ids_file, out = os.path.join(tmp, "ids.pt"), os.path.join(tmp, "logits.pt")
+        torch.save(ids, ids_file)
+        port = _free_port()
+        procs = []
+        for rank in range(tp):
+            env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(tp), "LOCAL_RANK": str(rank),
+                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1",
+                   "PYTHONPATH": os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])}
+            procs.append(subprocess.Popen(
+                [sys.executable, "-c", "from reshard.verify import _rank_main; _rank_main()", str(folder), ids_file, out],
+                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+        errors = []
+        for rank, proc in enumerate(procs):
+            try:
+                _, err = proc.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                _, err = proc.communicate()
+            if proc.returncode != 0:
+                errors.append(f"rank {rank} exited {proc.returncode}: {err.decode(errors='replace').strip().splitlines()[-1:]}")
+        if errors:
+            raise VerificationError(f"{folder}: could not run the model at tp={tp}: {'; '.join(errors)}", problems=errors)
         return torch.load(out, weights_only=True)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from django.db.models import QuerySet
-from django.http import Http404
 from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import generics, status
 from rest_framework.request import Request
@@ -36,10 +35,6 @@ class GrantList(generics.ListAPIView):
         return selectors.user_grants(user=self.request.user)
 
 
-def own_api_keys(request: Request) -> QuerySet[ApiKey]:
-    return ApiKey.objects.filter(user=request.user).order_by("-created_at", "-pk")
-
-
 @extend_schema_view(
     get=extend_schema(
         tags=["api-keys"], operation_id="api_keys_list", summary="My API keys (the keys themselves are never shown)",
@@ -55,7 +50,7 @@ class ApiKeyListCreate(generics.ListCreateAPIView):
     pagination_class = Pagination
 
     def get_queryset(self) -> QuerySet[ApiKey]:
-        return own_api_keys(self.request)
+        return selectors.user_api_keys(user=self.request.user)
 
     def create(self, request: Request, *args: object, **kwargs: object) -> Response:
         data = validated(ApiKeyCreateInputSerializer, request.data)
@@ -70,9 +65,7 @@ class ApiKeyRevoke(APIView):
         request=None, responses={200: ApiKeySerializer, **errors(401, 404)},
     )
     def post(self, request: Request, key_id: int) -> Response:
-        key = own_api_keys(request).filter(pk=key_id).first()
-        if key is None:
-            raise Http404("No such API key.")
+        key = selectors.access_api_key(actor=request.user, key_id=key_id)
         services.api_key_revoke(key=key, actor=request.user)
         key.refresh_from_db()
         return Response(ApiKeySerializer(key).data)

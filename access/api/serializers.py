@@ -426,8 +426,9 @@ class MetricsSerializer(serializers.Serializer):
 class GrantSerializer(serializers.ModelSerializer):
     release = serializers.SlugField(source="release.slug")
     release_name = serializers.CharField(source="release.name")
-    # `status` would collide with the applications' status enum in the schema; `state` is derived and richer.
-    state = inline_choice(["active", "expired", "revoked"], source="display_status")
+    # Not an enum in the schema on purpose: drf-spectacular names enums after the field, and other apps'
+    # `status`/`state` enums would collide with this one (a schema warning).
+    state = serializers.CharField(source="display_status", help_text="active, expired or revoked (derived).")
     active = serializers.SerializerMethodField()
 
     class Meta:

@@ -12,13 +12,13 @@ from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.core.cache import cache
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import get_object_or_404, redirect, render
+from django.shortcuts import redirect, render
 from django.urls import reverse, reverse_lazy
 from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_http_methods, require_POST
 
-from access import services, throttle
+from access import selectors, services, throttle
 from access.errors import InvalidInput
 from access.forms import ApiKeyForm, LoginForm, ProfileForm, SignupForm, apply_service_error
 
@@ -210,7 +210,7 @@ def api_keys(request: HttpRequest) -> HttpResponse:
                 # Rendered, not redirected: the raw key must never be stored, not even in the session.
                 context.update(form=ApiKeyForm(), new_key=key, raw_key=raw)
                 status = 200
-    context["keys"] = request.user.api_keys.order_by("-created_at")
+    context["keys"] = selectors.user_api_keys(user=request.user)
     return render(request, "access/accounts/api_keys.html", context, status=status)
 
 
@@ -218,7 +218,7 @@ def api_keys(request: HttpRequest) -> HttpResponse:
 @require_POST
 def api_key_revoke(request: HttpRequest, key_id: int) -> HttpResponse:
     # Scoped to the signed-in user's own keys: anyone else's key id is a 404.
-    key = get_object_or_404(request.user.api_keys, pk=key_id)
+    key = selectors.access_api_key(actor=request.user, key_id=key_id)
     services.api_key_revoke(key=key, actor=request.user)
     messages.success(request, f"API key “{key.name}” ({key.key_prefix}…) is revoked; it no longer works.")
     return redirect("api-keys")

@@ -300,7 +300,7 @@ def test_metrics_median_and_p90_from_known_times(client: Any, reviewer: Any, gat
 def test_status_counts_are_shown(client: Any, reviewer: Any, varied: dict[str, Any]) -> None:
     login(client, reviewer)
     html = client.get(reverse("review-queue")).content.decode()
-    counts = re.search(r'data-testid="status-counts">(.*?)</ul>', html, re.S).group(1)  # type: ignore[union-attr]
+    counts = re.search(r'data-testid="status-counts">(.*?)</ul>', html, re.DOTALL).group(1)  # type: ignore[union-attr]
     assert re.search(r"Submitted</span></a>: 6\b", counts)
     assert re.search(r"In review</span></a>: 1\b", counts)
     assert re.search(r"Approved</span></a>: 1\b", counts)
@@ -533,10 +533,12 @@ def test_bulk_reject_without_reason_changes_nothing(client: Any, reviewer: Any, 
     rows = [_apply(f"n{index}@uni-heidelberg.de", gated_release, name=f"None {index}") for index in range(2)]
     login(client, reviewer)
     response = client.post(reverse("review-bulk"), {
-        "application_ids": [rows[0].pk], "decision": "reject", "next": reverse("review-queue"),
+        "application_ids": [rows[0].pk], "decision": "reject", "next": reverse("review-queue") + "?q=none",
     })
     assert response.status_code == 400
     html = response.content.decode()
+    assert f'name="next" value="{reverse("review-queue")}?q=none"' in html  # the filters survive too
+    assert set(_queue_ids(response)) == {row.pk for row in rows}
     assert "A bulk rejection needs a reason." in html
     checked = set(re.findall(r'<input type="checkbox" name="application_ids" value="(\d+)"[^>]*\bchecked>', html))
     assert checked == {str(rows[0].pk)}  # the selection survives the error
