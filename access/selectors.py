@@ -11,6 +11,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db.models import Count, Q, QuerySet
+from django.db.models.functions import TruncWeek
 from django.http import Http404
 from django.utils import timezone
 
@@ -232,14 +233,20 @@ def review_metrics(*, now: datetime | None = None, weeks: int = 12) -> ReviewMet
     start_of_week = (now - timedelta(days=now.weekday())).date()
     first_week = start_of_week - timedelta(weeks=weeks - 1)
     buckets = {first_week + timedelta(weeks=i): 0 for i in range(weeks)}
-    decided = Application.objects.filter(
-        decided_at__gte=_start_of_day(first_week), status__in=[ApplicationStatus.APPROVED, ApplicationStatus.REJECTED]
-    ).values_list("decided_at", flat=True)
-    for instant in decided:
-        day = timezone.localtime(instant).date() if timezone.is_aware(instant) else instant.date()
-        week = day - timedelta(days=day.weekday())
-        if week in buckets:
-            buckets[week] += 1
+    per_week = (
+        Application.objects.filter(
+            decided_at__gte=_start_of_day(first_week),
+            status__in=[ApplicationStatus.APPROVED, ApplicationStatus.REJECTED],
+        )
+        .annotate(week=TruncWeek("decided_at"))
+        .values_list("week")
+        .annotate(n=Count("pk"))
+        .order_by()
+    )
+    for week, count in per_week:
+        week_start = week.date() if isinstance(week, datetime) else week
+        if week_start in buckets:
+            buckets[week_start] += count
     return ReviewMetrics(
         pending=pending, decided_30d=len(hours), median_hours_30d=median, p90_hours_30d=p90,
         weekly=sorted(buckets.items()),

@@ -606,7 +606,10 @@ class BulkResult:
 def applications_bulk_decide(
     *, application_ids: list[int], reviewer: User, decision: str, meta: RequestMeta, reason: str = ""
 ) -> BulkResult:
-    """Approve or reject many; each is its own transaction, and conflicts are reported, not fatal."""
+    """Approve or reject many; each is its own transaction, and conflicts are reported, not fatal.
+
+    A rejection reason may use the {name} and {release} placeholders: each applicant gets their own.
+    """
     _require_reviewer(reviewer)
     if decision not in {"approve", "reject"}:
         raise InvalidInput("The decision must be 'approve' or 'reject'.", field="decision")
@@ -618,7 +621,9 @@ def applications_bulk_decide(
             if decision == "approve":
                 application_approve(application=application, reviewer=reviewer, meta=meta)
             else:
-                application_reject(application=application, reviewer=reviewer, reason=reason, meta=meta)
+                application_reject(
+                    application=application, reviewer=reviewer, reason=_fill_placeholders(reason, application), meta=meta
+                )
             result.decided.append(application.pk)
         except Conflict as exc:
             result.conflicts[application.pk] = exc.message
@@ -628,8 +633,12 @@ def applications_bulk_decide(
     return result
 
 
+def _fill_placeholders(text: str, application: Application) -> str:
+    return text.replace("{release}", application.release.name).replace("{name}", application.full_name)
+
+
 def rejection_template_render(*, template: RejectionTemplate, application: Application) -> str:
-    return template.body.replace("{release}", application.release.name).replace("{name}", application.full_name)
+    return _fill_placeholders(template.body, application)
 
 
 # --- Grants -----------------------------------------------------------------------------------

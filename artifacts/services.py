@@ -314,9 +314,11 @@ def verification_run(*, job_id: int, workers: int | None = None) -> Verification
             row.sha256, row.md5 = digest.sha256, digest.md5
             row.error = "" if ok else "; ".join(problems[name])
             row.verified_at = finished if ok else None
-            if ok and not row.expected_sha256:
-                row.expected_sha256, row.expected_md5 = digest.sha256, digest.md5
-                row.expected_source = ChecksumSource.FIRST_VERIFICATION
+            if ok:
+                # Trust anchors for the next pass: the published sum, else this first verification.
+                row.expected_source = row.expected_source or ChecksumSource.FIRST_VERIFICATION
+                row.expected_sha256 = row.expected_sha256 or digest.sha256
+                row.expected_md5 = row.expected_md5 or digest.md5
             row.save(update_fields=["sha256", "md5", "error", "verified_at", "expected_sha256", "expected_md5",
                                     "expected_source"])
         for failure in failures:

@@ -9,8 +9,7 @@ from artifacts import services
 
 
 @shared_task(
-    name="artifacts.tasks.verify_checkpoint",
-    queue="io",
+    name="artifacts.tasks.verify_checkpoint",  # routed to the `io` queue (CELERY_TASK_ROUTES)
     acks_late=True,
     soft_time_limit=settings.ARTIFACTS_VERIFY_SOFT_TIME_LIMIT,
     time_limit=settings.ARTIFACTS_VERIFY_SOFT_TIME_LIMIT + 300,
@@ -20,7 +19,7 @@ def verify_checkpoint(job_id: int) -> None:
     services.verification_run(job_id=job_id)
 
 
-@shared_task(name="artifacts.tasks.reap_stale_verifications", queue="default", acks_late=True,
+@shared_task(name="artifacts.tasks.reap_stale_verifications", acks_late=True,
              soft_time_limit=60, time_limit=90)
 def reap_stale_verifications() -> int:
     return services.verifications_reap_stale()

@@ -23,7 +23,7 @@ import torch
 
 from reshard import metaseq
 from reshard.errors import ReshardError, UsageError
-from reshard.layout import ModelLayout, rank_piece, reorder_blocks
+from reshard.layout import ModelLayout, Scratch, rank_piece, reorder_blocks
 from reshard.pickles import TensorRef, TorchZipWriter, file_sha256
 from reshard.safetensors_io import SafetensorsWriter, TensorEntry, planned_size
 from reshard.sources import (
@@ -94,10 +94,23 @@ def _native_plan(layout: ModelLayout, tp: int, dtype: torch.dtype) -> list[_Out]
         out = _Out(native_file_name(rank, tp), "safetensors", metadata={"format": "pt"})
         for name in layout.names:
             spec = layout.specs[name]
-            out.items.append((name, name, lambda full, s=spec, r=rank: rank_piece(full, s, r, tp)))
+            out.items.append((name, name, _RankPiece(spec, rank, tp)))
             out.entries.append(TensorEntry(name, dtype, layout.local_shape(name, rank, tp)))
         outs.append(out)
     return outs
+
+
+class _RankPiece:
+    """Rank ``rank``'s shard of a full tensor; copies (dim-1 splits, fused blocks) go to the
+    engine's scratch buffer, set before each tensor."""
+
+    scratch: Scratch | None = None
+
+    def __init__(self, spec: Any, rank: int, world: int) -> None:
+        self.spec, self.rank, self.world = spec, rank, world
+
+    def __call__(self, full: torch.Tensor) -> torch.Tensor:
+        return rank_piece(full, self.spec, self.rank, self.world, _RankPiece.scratch)
 
 
 def _hf_plan(layout: ModelLayout, dtype: torch.dtype, max_shard_bytes: int) -> list[_Out]:
@@ -376,12 +389,14 @@ def _write_all(source: Source, tmp: Path, outs: list[_Out], out_dtype: torch.dty
             for i, (_, ours, _) in enumerate(out.items):
                 feeds.setdefault(ours, []).append((f, i))
         done_bytes = 0
+        scratch = Scratch()
+        _RankPiece.scratch = scratch
         if progress:
             progress(0, total_bytes, 0, total_tensors)
         for count, name in enumerate(layout.names, 1):
-            full = source.read(name)
+            full = source.read(name, scratch)
             if full.dtype != out_dtype:
-                full = full.to(out_dtype)
+                full = scratch.take("cast", full.shape, out_dtype).copy_(full)
             for f, i in feeds.get(name, []):
                 stored, _, produce = outs[f].items[i]
                 piece = produce(full)
@@ -412,6 +427,9 @@ def _write_all(source: Source, tmp: Path, outs: list[_Out], out_dtype: torch.dty
             except Exception:
                 pass
         raise
+    finally:
+        _RankPiece.scratch = None
+        _HFSplit._cache = None
 
 
 def _fsync(path: Path) -> None:

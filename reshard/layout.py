@@ -8,14 +8,59 @@ the full tensor make a rank's shard; the helpers below only move bytes according
 
 from __future__ import annotations
 
+import contextlib
+import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
+from torch import nn
 
 from training import ModelConfig, Replicated, Shard, ShardSpec, TPGroup, Transformer, shard_slices, sharding_plan
 
 _SINGLE = TPGroup(group=None, rank=0, world_size=1)
+
+
+@contextlib.contextmanager
+def _no_init() -> Iterator[None]:
+    """Skip torch.nn's default initialisers while a model is built on the meta device: they do
+    nothing useful there, and on meta ``normal_`` pulls in torch's compiler stack (seconds)."""
+    classes = (nn.Linear, nn.Embedding, nn.LayerNorm)
+    saved = [cls.reset_parameters for cls in classes]
+    try:
+        for cls in classes:
+            cls.reset_parameters = lambda self: None  # type: ignore[method-assign]
+        yield
+    finally:
+        for cls, method in zip(classes, saved):
+            cls.reset_parameters = method  # type: ignore[method-assign]
+
+
+def meta_model(config: ModelConfig, group: object = None) -> Transformer:
+    """training's Transformer on the meta device (no memory, no initialisation)."""
+    with _no_init(), torch.device("meta"):
+        return Transformer(config, group if group is not None else _SINGLE)
+
+
+class Scratch:
+    """Reusable buffers for the streaming engine, one per role ("full", "join", "piece", "cast").
+
+    Every full tensor passes through a buffer; a fresh allocation per tensor costs a page fault
+    per 4 KiB page (zero-filled by the kernel), which on a large checkpoint costs more than the
+    copy itself. A tensor taken from a slot is valid until the slot is taken again.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def take(self, slot: str, shape: tuple[int, ...] | torch.Size, dtype: torch.dtype) -> torch.Tensor:
+        nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        buffer = self._buffers.get(slot)
+        if buffer is None or buffer.numel() < nbytes:
+            self._buffers.pop(slot, None)
+            buffer = torch.empty(max(nbytes, 64), dtype=torch.uint8)
+            self._buffers[slot] = buffer
+        return buffer[:nbytes].view(dtype).view(tuple(shape))
 
 
 @dataclass(frozen=True)
@@ -28,8 +73,7 @@ class ModelLayout:
     @classmethod
     def of(cls, config: ModelConfig) -> ModelLayout:
         # An explicit group of one: under torchrun, group=None would mean the whole world.
-        with torch.device("meta"):
-            model = Transformer(config, _SINGLE)
+        model = meta_model(config, _SINGLE)
         params = list(model.named_parameters())
         return cls(config=config, names=tuple(n for n, _ in params),
                    shapes={n: tuple(p.shape) for n, p in params}, specs=sharding_plan(model))
@@ -55,15 +99,20 @@ class ModelLayout:
         return total
 
 
-def rank_piece(full: torch.Tensor, spec: ShardSpec, rank: int, world: int) -> torch.Tensor:
+def rank_piece(full: torch.Tensor, spec: ShardSpec, rank: int, world: int, scratch: Scratch | None = None) -> torch.Tensor:
     """Rank ``rank``'s shard of ``full``: a view when one contiguous slice suffices (replicated
-    tensors, plain dim-0 splits), a new tensor otherwise."""
+    tensors, plain dim-0 splits), else a copy (into ``scratch``'s "piece" slot when given)."""
     if isinstance(spec, Replicated) or world == 1:
         return full
     pieces = [full[index] for index in shard_slices(spec, full.shape, rank, world)]
     if len(pieces) == 1 and pieces[0].is_contiguous():
         return pieces[0]
-    return torch.cat(pieces, dim=spec.dim % full.ndim)
+    dim = spec.dim % full.ndim
+    if scratch is None:
+        return torch.cat(pieces, dim=dim)
+    shape = list(pieces[0].shape)
+    shape[dim] = sum(p.shape[dim] for p in pieces)
+    return torch.cat(pieces, dim=dim, out=scratch.take("piece", tuple(shape), full.dtype))
 
 
 def local_block_sizes(spec: ShardSpec, full_shape: tuple[int, ...], world: int) -> list[int]:
@@ -75,16 +124,18 @@ def local_block_sizes(spec: ShardSpec, full_shape: tuple[int, ...], world: int) 
 
 
 def assemble(full_shape: tuple[int, ...], spec: ShardSpec, world: int, dtype: torch.dtype,
-             local: Callable[[int], torch.Tensor], block_order: tuple[int, ...] | None = None) -> torch.Tensor:
+             local: Callable[[int], torch.Tensor], block_order: tuple[int, ...] | None = None,
+             out: torch.Tensor | None = None) -> torch.Tensor:
     """The full tensor from ``world`` shards, copied straight into one new tensor.
 
-    ``local(rank)`` returns rank ``rank``'s shard (it may be a view of a memory-mapped file; it is
-    only read). ``block_order`` says in which order a shard stores the fused blocks when it is not
+    ``local(rank)`` returns rank ``rank``'s shard (it may be a view of a memory-mapped file or of
+    a scratch buffer; it is only read, and used up before ``local`` is called again). The result
+    goes to ``out`` when given. ``block_order`` says in which order a shard stores the fused blocks when it is not
     ours (metaseq keeps each part's q|k|v as k|v|q: ``block_order=(1, 2, 0)``).
     """
+    full = out if out is not None else torch.empty(full_shape, dtype=dtype)
     if isinstance(spec, Replicated):
-        return local(0).to(dtype, copy=True)
-    full = torch.empty(full_shape, dtype=dtype)
+        return full.copy_(local(0))
     dim = spec.dim % len(full_shape)
     sizes = local_block_sizes(spec, full_shape, world)
     order = block_order or tuple(range(len(sizes)))

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from reshard.errors import MismatchError, UsageError
+from reshard.layout import meta_model
 from reshard.safetensors_io import SafetensorsReader
 from reshard.sources import config_from_json, native_file_name, read_native_config
 from training import ModelConfig, TPGroup, Transformer
@@ -36,8 +37,7 @@ def load_native(path: str | os.PathLike[str], *, group: object = None, dtype: to
                          f"convert it with --to native --tp {tp.world_size}")
     reader = SafetensorsReader(path / native_file_name(tp.rank, tp_size))
     try:
-        with torch.device("meta"):
-            model = Transformer(cfg, tp)
+        model = meta_model(cfg, tp)
         params = dict(model.named_parameters())
         if set(params) != set(reader.keys()):
             raise MismatchError(f"{reader.path}: tensors differ from the model: {sorted(set(params) ^ set(reader.keys()))[:8]}")

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import struct
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -31,6 +32,10 @@ DTYPE_CODES: dict[torch.dtype, str] = {
 CODE_DTYPES = {code: dtype for dtype, code in DTYPE_CODES.items()}
 _MAX_HEADER = 100 * 1024 * 1024  # the library's own limit
 _CHUNK = 1 << 30  # pread/write at most 1 GiB per call (Linux caps a single call near 2 GiB)
+_HASH_CHUNK = 1 << 24
+# sha256 runs on this thread while the main thread's write() of the same bytes is in the kernel
+# (both release the GIL), so hashing costs no extra wall time.
+_HASHER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reshard-sha256")
 
 
 @dataclass(frozen=True)
@@ -94,10 +99,11 @@ class SafetensorsWriter:
         self._emit(memoryview(_header_bytes(entries, metadata or {})))
 
     def _emit(self, data: memoryview) -> None:
-        for start in range(0, len(data), _CHUNK):
-            chunk = data[start : start + _CHUNK]
+        for start in range(0, len(data), _HASH_CHUNK):
+            chunk = data[start : start + _HASH_CHUNK]
+            hashed = _HASHER.submit(self._hash.update, chunk)
             self._file.write(chunk)
-            self._hash.update(chunk)
+            hashed.result()
         self._size += len(data)
 
     @property
@@ -205,15 +211,21 @@ class SafetensorsReader:
         except KeyError:
             raise FormatError(f"{self.path}: no tensor {name!r}") from None
 
-    def read(self, name: str, rows: tuple[int, int] | None = None) -> torch.Tensor:
-        """The whole tensor, or rows [lo, hi) of its first dimension, as a new tensor."""
+    def read(self, name: str, rows: tuple[int, int] | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The whole tensor, or rows [lo, hi) of its first dimension, as a new tensor (or in
+        ``out``, a contiguous tensor of the right shape and dtype)."""
         dtype, shape, begin, end = self._entry(name)
         if rows is not None and shape:
             lo, hi = rows
             row_bytes = (end - begin) // shape[0] if shape[0] else 0
             begin, end, shape = begin + lo * row_bytes, begin + hi * row_bytes, (hi - lo, *shape[1:])
         nbytes = end - begin
-        buf = torch.empty(nbytes, dtype=torch.uint8)
+        if out is not None:
+            if tuple(out.shape) != shape or out.dtype != dtype or not out.is_contiguous():
+                raise ValueError(f"read({name!r}): out is {out.dtype} {tuple(out.shape)}, need {dtype} {shape}")
+            buf = out.view(-1).view(torch.uint8) if nbytes else torch.empty(0, dtype=torch.uint8)
+        else:
+            buf = torch.empty(nbytes, dtype=torch.uint8)
         if nbytes:
             view = memoryview(buf.numpy()).cast("B")
             done = 0
@@ -222,7 +234,7 @@ class SafetensorsReader:
                 if got <= 0:
                     raise FormatError(f"{self.path}: truncated while reading tensor {name!r}")
                 done += got
-        return buf.view(dtype).reshape(shape)
+        return out if out is not None else buf.view(dtype).reshape(shape)
 
     def close(self) -> None:
         if self._fd >= 0:

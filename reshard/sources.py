@@ -20,7 +20,7 @@ import torch
 
 from reshard import metaseq
 from reshard.errors import ArchitectureError, FormatError, MismatchError, UsageError
-from reshard.layout import ModelLayout, assemble, local_block_sizes
+from reshard.layout import ModelLayout, Scratch, assemble
 from reshard.pickles import release, safe_load_mapped
 from reshard.safetensors_io import SafetensorsReader
 from training import CONFIGS, ModelConfig, Shard, get_config, hf_name_map
@@ -73,14 +73,16 @@ class Source:
     files: list[Path]
     architecture_from: str  # "checkpoint" or "--arch"
 
-    def read(self, name: str) -> torch.Tensor:
-        tensor = self._read(name)
+    def read(self, name: str, scratch: Scratch | None = None) -> torch.Tensor:
+        """Our full tensor ``name``. Without ``scratch`` a new tensor; with it, a tensor in the
+        scratch buffers, valid until the next ``read`` with the same scratch."""
+        tensor = self._read(name, scratch)
         expected = self.layout.shapes[name]
         if tuple(tensor.shape) != expected:
             raise MismatchError(f"{self.path}: {name} assembled as {list(tensor.shape)}, expected {list(expected)}")
         return tensor
 
-    def _read(self, name: str) -> torch.Tensor:
+    def _read(self, name: str, scratch: Scratch | None) -> torch.Tensor:
         raise NotImplementedError
 
     def extra_files(self) -> list[Path]:
@@ -175,9 +177,16 @@ class NativeSource(Source):
             if wrong:
                 raise MismatchError(f"{reader.path}: tensor(s) {_listing(wrong)} are not {self.dtype} as config.json says")
 
-    def _read(self, name: str) -> torch.Tensor:
-        spec = self.layout.specs[name]
-        return assemble(self.layout.shapes[name], spec, self.tp, self.dtype, lambda r: self.readers[r].read(name))
+    def _read(self, name: str, scratch: Scratch | None) -> torch.Tensor:
+        spec, shape = self.layout.specs[name], self.layout.shapes[name]
+        local_shape = self.readers[0].shape(name)
+
+        def local(rank: int) -> torch.Tensor:
+            buffer = scratch.take("join", local_shape, self.dtype) if scratch is not None else None
+            return self.readers[rank].read(name, out=buffer)
+
+        out = scratch.take("full", shape, self.dtype) if scratch is not None else None
+        return assemble(shape, spec, self.tp, self.dtype, local, out=out)
 
     def close(self) -> None:
         for reader in self.readers:
@@ -319,7 +328,7 @@ class HFSource(Source):
         if set(self.name_map) != set(self.layout.names):
             raise RuntimeError(f"internal: hf name map and model disagree on {sorted(set(self.name_map) ^ set(self.layout.names))}")
 
-    def _read(self, name: str) -> torch.Tensor:
+    def _read(self, name: str, scratch: Scratch | None) -> torch.Tensor:
         source = self.name_map[name]
         full = source.read(self.tensors, tuple(slice(0, n) for n in source.shape))
         if name == "embed.weight" and self.tied_head:
@@ -353,7 +362,7 @@ class _Part:
 
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     dtypes: dict[str, torch.dtype] = field(default_factory=dict)
-    reader: Callable[[str], torch.Tensor] | None = None  # may return a view of a mapped file
+    reader: Callable[[str, Scratch | None], torch.Tensor] | None = None  # may return a view of a mapped file
     buffers: dict[str, torch.Tensor] = field(default_factory=dict)
     touched: list[torch.Tensor] = field(default_factory=list)  # mapped views read since the last release
     mapped: bool = False
@@ -464,7 +473,7 @@ class MetaseqSource(Source):
             part.shapes[clean], part.dtypes[clean] = tuple(tensor.shape), tensor.dtype
         tensors = {metaseq.clean_name(k): v for k, v in model.items()}
 
-        def read(name: str) -> torch.Tensor:
+        def read(name: str, scratch: Scratch | None) -> torch.Tensor:
             part.touched.append(tensors[name])
             return tensors[name]
 
@@ -543,7 +552,7 @@ class MetaseqSource(Source):
                 raise FormatError(f"{files[0].parent}: flat param {key} holds {have} elements after removing padding, "
                                   f"its metadata needs {total}: a shard is truncated, corrupt or from another run")
 
-        def read(name: str) -> torch.Tensor:
+        def read(name: str, scratch: Scratch | None) -> torch.Tensor:
             if name in part.buffers:
                 return part.buffers[name]
             entry = entries[name]
@@ -554,37 +563,41 @@ class MetaseqSource(Source):
                     pieces.append(flat[lo - start : hi - start])
             part.touched.extend(pieces)
             # A tensor split across shard files is joined (copied) here, and only here.
-            whole = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
-            return whole.view(entry.shape)
+            if len(pieces) == 1:
+                return pieces[0].view(entry.shape)
+            out = scratch.take("join", (entry.numel,), pieces[0].dtype) if scratch is not None else None
+            return torch.cat(pieces, out=out).view(entry.shape)
 
         part.reader = read
         return part, shards[0].get("cfg")
 
     # ---- reading ------------------------------------------------------------------------------
 
-    def _part_tensor(self, p: int, name: str) -> torch.Tensor:
+    def _part_tensor(self, p: int, name: str, scratch: Scratch | None = None) -> torch.Tensor:
         reader = self.parts[p].reader
         assert reader is not None
-        return reader(name)
+        return reader(name, scratch)
 
-    def _read(self, name: str) -> torch.Tensor:
+    def _read(self, name: str, scratch: Scratch | None) -> torch.Tensor:
         spec = self.layout.specs[name]
         theirs = self.names[name]
         full_shape = self.layout.shapes[name]
         order = metaseq.QKV_ORDER if metaseq.is_qkv(name) else None
 
         def local(p: int) -> torch.Tensor:
-            return self._part_tensor(p, theirs)
+            return self._part_tensor(p, theirs, scratch)
 
         try:
-            full = assemble(full_shape, spec, self.tp, self.dtype, local, block_order=order)
+            out = scratch.take("full", full_shape, self.dtype) if scratch is not None else None
+            full = assemble(full_shape, spec, self.tp, self.dtype, local, block_order=order, out=out)
             if not isinstance(spec, Shard):
                 for p in range(1, self.tp):  # replicated: every part must hold the same values
                     if not torch.equal(local(p).to(self.dtype), full):
                         raise MismatchError(f"{self.path}: replicated tensor {theirs} differs between part 0 and part {p}")
             if name == "embed.weight":
                 for p, part in enumerate(self.parts):
-                    if metaseq.TIED_OUTPUT in part.shapes and not torch.equal(self._part_tensor(p, metaseq.TIED_OUTPUT), local(p)):
+                    tied = metaseq.TIED_OUTPUT in part.shapes
+                    if tied and not torch.equal(self._part_tensor(p, metaseq.TIED_OUTPUT), self._part_tensor(p, theirs)):
                         raise MismatchError(f"{self.path} (part {p}): {metaseq.TIED_OUTPUT} is stored and differs from "
                                             f"the embedding it is tied to; refusing to drop it")
             return full
@@ -610,7 +623,7 @@ class StateSource(Source):
         check_complete("state", expected=dict(self.layout.shapes), found={k: tuple(v.shape) for k, v in state.items()})
         self.dtype = _dtype_of([t.dtype for t in state.values()], "state")
 
-    def _read(self, name: str) -> torch.Tensor:
+    def _read(self, name: str, scratch: Scratch | None) -> torch.Tensor:
         return self.state[name].detach().to("cpu", self.dtype)
 
     def extra_files(self) -> list[Path]:

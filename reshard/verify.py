@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from reshard.errors import ReshardError, VerificationError
+from reshard.layout import meta_model
 from reshard.pickles import file_sha256
 from reshard.sources import Source, open_source
 from training import ModelConfig, TPGroup, Transformer
@@ -93,8 +94,7 @@ def fixed_batch(cfg: ModelConfig, seed: int = 0) -> torch.Tensor:
 
 def model_from_source(source: Source, *, dtype: torch.dtype = torch.float32) -> Transformer:
     """A tp=1 model with the source's weights (the whole model in memory: a reference for checks)."""
-    with torch.device("meta"):
-        model = Transformer(source.config, TPGroup(None, 0, 1))
+    model = meta_model(source.config, TPGroup(None, 0, 1))
     state = {name: source.read(name).to(dtype) for name in source.layout.names}
     model.load_state_dict(state, strict=True, assign=True)
     return model.eval()

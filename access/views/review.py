@@ -273,11 +273,11 @@ class BulkDecisionForm(forms.Form):
         super().full_clean()
 
     def reason_text(self) -> str:
-        """The template (its placeholders made neutral: one text goes to many applicants) + free text."""
+        """The template (its placeholders filled per applicant by the service) + free text."""
         parts = []
         template = self.cleaned_data.get("template")
         if template is not None:
-            parts.append(template.body.replace("{release}", "the requested release").replace("{name}", "applicant"))
+            parts.append(template.body)
         free_text = (self.cleaned_data.get("reason") or "").strip()
         if free_text and free_text not in parts:
             parts.append(free_text)

@@ -524,7 +524,7 @@ def test_bulk_reject_with_template_and_reason(client: Any, reviewer: Any, second
     rejected = Application.objects.get(pk=rows[1].pk)
     assert rejected.status == ApplicationStatus.REJECTED
     assert rejected.rejection_reason == (
-        "Dear applicant, the form for the requested release was incomplete.\n\nPlease apply again."
+        f"Dear Rej 1, the form for {gated_release.name} was incomplete.\n\nPlease apply again."
     )
     assert Application.objects.get(pk=rows[0].pk).status == ApplicationStatus.APPROVED
 
@@ -646,3 +646,11 @@ def test_audit_csv_defuses_spreadsheet_formulas(client: Any, reviewer: Any, gate
     rows = _csv_rows(client.get(reverse("review-audit-csv")))
     agents = {row[9] for row in rows[1:] if row[9]}
     assert agents == {"'=HYPERLINK(\"http://evil.example\")"}
+
+
+def test_a_decision_here_refreshes_the_cached_figures(client: Any, reviewer: Any, application: Any) -> None:
+    login(client, reviewer)
+    assert 'data-testid="decided-30d">0<' in client.get(reverse("review-queue")).content.decode()
+    _post_action(client, "review-approve", application, expires_on=(timezone.localdate() + timedelta(days=30)).isoformat())
+    html = client.get(reverse("review-queue")).content.decode()
+    assert 'data-testid="decided-30d">1<' in html and 'data-testid="pending-count">0<' in html
