@@ -15,9 +15,10 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -30,9 +31,9 @@ from reshard.sources import (
     NATIVE_FORMAT,
     NATIVE_VERSION,
     Source,
+    StateSource,
     config_to_json,
     native_file_name,
-    StateSource,
     open_source,
 )
 from training import hf_name_map
@@ -447,5 +448,13 @@ def _fsync_dir(path: Path) -> None:
         pass
 
 
-__all__ = ["ConvertResult", "FileInfo", "FORMATS", "convert", "clean_stale", "write_manifest", "ReshardError",
-           "planned_size"]
+__all__ = [
+    "FORMATS",
+    "ConvertResult",
+    "FileInfo",
+    "ReshardError",
+    "clean_stale",
+    "convert",
+    "planned_size",
+    "write_manifest",
+]

@@ -10,13 +10,22 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import torch
 from torch import nn
 
-from training import ModelConfig, Replicated, Shard, ShardSpec, TPGroup, Transformer, shard_slices, sharding_plan
+from training import (
+    ModelConfig,
+    Replicated,
+    Shard,
+    ShardSpec,
+    TPGroup,
+    Transformer,
+    shard_slices,
+    sharding_plan,
+)
 
 _SINGLE = TPGroup(group=None, rank=0, world_size=1)
 

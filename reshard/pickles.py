@@ -28,8 +28,9 @@ import pickletools
 import re
 import struct
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 

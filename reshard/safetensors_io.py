@@ -18,7 +18,7 @@ import struct
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import torch
 
@@ -82,6 +82,96 @@ def planned_size(entries: list[TensorEntry], metadata: dict[str, str]) -> int:
     return len(_header_bytes(entries, metadata)) + sum(e.nbytes for e in entries)
 
 
+# Output goes through O_DIRECT where the filesystem allows it. Buffered writes of many GB push
+# the checkpoint through the page cache, evicting the source being read and throttling on dirty
+# pages; on our VMs that made writing 5x slower than `cp`. RESHARD_DIRECT_IO=0 turns it off.
+_ALIGN = 4096
+_STAGE_BYTES = 32 << 20
+
+
+def _direct_io_wanted() -> bool:
+    return hasattr(os, "O_DIRECT") and os.environ.get("RESHARD_DIRECT_IO", "1") != "0"
+
+
+class SequentialFile:
+    """A file written front to back, hashed (sha256) on the way.
+
+    With O_DIRECT, bytes are staged in an aligned buffer and written in aligned blocks while the
+    hasher thread hashes the same block; the last block is padded and the file truncated back
+    to its real size. Without it (tmpfs, other OSes), plain writes with the same overlap.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.size = 0
+        self._hash = hashlib.sha256()
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+        self.direct = _direct_io_wanted()
+        if self.direct:
+            try:
+                self._fd = os.open(self.path, flags | os.O_DIRECT, 0o644)
+            except OSError:
+                self.direct = False
+        if not self.direct:
+            self._fd = os.open(self.path, flags, 0o644)
+        if self.direct:
+            raw = torch.empty(_STAGE_BYTES + _ALIGN, dtype=torch.uint8)
+            offset = (-raw.data_ptr()) % _ALIGN
+            self._raw = raw
+            self._stage = memoryview(raw[offset : offset + _STAGE_BYTES].numpy()).cast("B")
+            self._fill = 0
+
+    def _write_all(self, data: memoryview) -> None:
+        done = 0
+        while done < len(data):
+            done += os.write(self._fd, data[done:])
+
+    def write(self, data: memoryview) -> None:
+        self.size += len(data)
+        if not self.direct:
+            for start in range(0, len(data), _HASH_CHUNK):
+                chunk = data[start : start + _HASH_CHUNK]
+                hashed = _HASHER.submit(self._hash.update, chunk)
+                self._write_all(chunk)
+                hashed.result()
+            return
+        pos = 0
+        while pos < len(data):
+            take = min(len(data) - pos, _STAGE_BYTES - self._fill)
+            self._stage[self._fill : self._fill + take] = data[pos : pos + take]
+            self._fill += take
+            pos += take
+            if self._fill == _STAGE_BYTES:
+                self._flush()
+
+    def _flush(self) -> None:
+        real = self._fill
+        hashed = _HASHER.submit(self._hash.update, self._stage[:real])
+        padded = -(-real // _ALIGN) * _ALIGN
+        if padded != real:
+            self._stage[real:padded] = bytes(padded - real)
+        try:
+            self._write_all(self._stage[:padded])
+        finally:
+            hashed.result()
+        self._fill = 0
+
+    def close(self) -> tuple[int, str]:
+        try:
+            if self.direct and self._fill:
+                self._flush()
+                os.ftruncate(self._fd, self.size)  # drop the padding of the last block
+        finally:
+            os.close(self._fd)
+            self._fd = -1
+        return self.size, self._hash.hexdigest()
+
+    def abort(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
 class SafetensorsWriter:
     """Writes ``entries`` in the given order, one ``write`` per tensor; the sha256 of the file is
     computed on the way. Header keys are sorted, so the bytes depend only on names, dtypes,
@@ -93,18 +183,11 @@ class SafetensorsWriter:
         self.path = Path(path)
         self.entries = entries
         self._next = 0
-        self._hash = hashlib.sha256()
-        self._size = 0
-        self._file: BinaryIO = open(self.path, "xb")
+        self._file = SequentialFile(self.path)
         self._emit(memoryview(_header_bytes(entries, metadata or {})))
 
     def _emit(self, data: memoryview) -> None:
-        for start in range(0, len(data), _HASH_CHUNK):
-            chunk = data[start : start + _HASH_CHUNK]
-            hashed = _HASHER.submit(self._hash.update, chunk)
-            self._file.write(chunk)
-            hashed.result()
-        self._size += len(data)
+        self._file.write(data)
 
     @property
     def next_name(self) -> str | None:
@@ -126,14 +209,13 @@ class SafetensorsWriter:
     def close(self) -> tuple[int, str]:
         """(size, sha256); fails if a planned tensor was never written."""
         if self._next != len(self.entries):
-            self._file.close()
+            self._file.abort()
             raise RuntimeError(f"{self.path}: {len(self.entries) - self._next} planned tensors were never written "
                                f"(first: {self.entries[self._next].name!r})")
-        self._file.close()
-        return self._size, self._hash.hexdigest()
+        return self._file.close()
 
     def abort(self) -> None:
-        self._file.close()
+        self._file.abort()
 
 
 class SafetensorsReader:

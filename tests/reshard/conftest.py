@@ -13,10 +13,8 @@ _ROOT = Path(__file__).resolve().parents[2]
 if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
-import training  # noqa: E402
-from reshard.testing import metaseq_parts, random_state, write_metaseq_fsdp, write_metaseq_tp  # noqa: E402
-
-from tests.reshard.cases import OPT, VOCAB  # noqa: E402
+from reshard.testing import metaseq_parts, random_state, write_metaseq_fsdp, write_metaseq_tp
+from tests.reshard.cases import OPT, VOCAB
 
 
 @pytest.fixture(autouse=True)
