@@ -37,8 +37,7 @@ class PublishedSums:
 
 def _clean_name(raw: str, line_no: int) -> str:
     name = raw.strip()
-    if name.startswith("./"):
-        name = name[2:]
+    name = name.removeprefix("./")
     try:
         return check_relative_path(name, what=f"file name on line {line_no} of the checksum list")
     except UnsafeKey as error:

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from datetime import timezone as dt_timezone
+from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.utils import timezone
@@ -34,7 +33,7 @@ class LinkClaims:
 
     @property
     def expires_at(self) -> datetime:
-        return datetime.fromtimestamp(self.expires, tz=dt_timezone.utc)
+        return datetime.fromtimestamp(self.expires, tz=UTC)
 
     def payload(self) -> str:
         return f"{self.file_id}.{self.user_id}.{self.grant_id}.{self.expires}"

@@ -21,8 +21,8 @@ from access.selectors import access_grant
 from access.services import RequestMeta
 from artifacts import selectors, services
 from artifacts.models import Checkpoint
-from artifacts.serving import download_response, refusal_response
 from artifacts.services import Bundle, DownloadRefused
+from artifacts.serving import download_response, refusal_response
 
 
 def _link_path(token: str) -> str:

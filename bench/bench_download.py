@@ -62,8 +62,7 @@ def make_file(path: Path, size: int) -> None:
     print(f"writing {size / 2**30:.1f} GiB of random bytes to {path} …", flush=True)
     chunk = os.urandom(64 * 2**20)  # random, written repeatedly: incompressible, cheap to make
     with open(path, "wb") as out:
-        for offset in range(0, size, len(chunk)):
-            out.write(chunk[: min(len(chunk), size - offset)])
+        out.writelines(chunk[: min(len(chunk), size - offset)] for offset in range(0, size, len(chunk)))
 
 
 def setup_django() -> None:

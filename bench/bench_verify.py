@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from artifacts.hashing import hash_files  # noqa: E402  (plain Python: no Django needed)
+from artifacts.hashing import hash_files
 
 DIRECTORY = ROOT / "var" / "bench" / "verify"
 
@@ -34,8 +34,7 @@ def make_files(count: int, mib: int) -> list[Path]:
         if not (path.exists() and path.stat().st_size == size):
             block = os.urandom(16 * 2**20)
             with open(path, "wb") as out:
-                for _ in range(size // len(block)):
-                    out.write(block)
+                out.writelines(block for _ in range(size // len(block)))
                 out.write(block[: size % len(block)])
         paths.append(path)
     return paths

@@ -189,6 +189,7 @@ CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_BEAT_SCHEDULE = {
     "sweep-unsent-notifications": {"task": "access.tasks.sweep_unsent_notifications", "schedule": 300.0},
     "remind-expiring-grants": {"task": "access.tasks.remind_expiring_grants", "schedule": 3600.0},
+    "artifacts-reap-stale-verifications": {"task": "artifacts.tasks.reap_stale_verifications", "schedule": 300.0},
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CELERY_TASK_SOFT_TIME_LIMIT = env_int("CELERY_TASK_SOFT_TIME_LIMIT", 300)
@@ -257,12 +258,3 @@ ARTIFACTS_VERIFY_SOFT_TIME_LIMIT = env_int("ARTIFACTS_VERIFY_SOFT_TIME_LIMIT", 6
 ARTIFACTS_VERIFY_STALE_SECONDS = env_int("ARTIFACTS_VERIFY_STALE_SECONDS", 600)
 # When set, import_checkpoint accepts local sources only under these directories.
 ARTIFACTS_IMPORT_ROOTS = env_list("ARTIFACTS_IMPORT_ROOTS")
-# Hashing is I/O-bound and long: it runs on the `io` queue, away from e-mail and other short tasks.
-CELERY_TASK_ROUTES = {
-    **globals().get("CELERY_TASK_ROUTES", {}),
-    "artifacts.tasks.verify_checkpoint": {"queue": "io"},
-}
-CELERY_BEAT_SCHEDULE["artifacts-reap-stale-verifications"] = {
-    "task": "artifacts.tasks.reap_stale_verifications",
-    "schedule": 300.0,
-}

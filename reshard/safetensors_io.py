@@ -86,7 +86,7 @@ def planned_size(entries: list[TensorEntry], metadata: dict[str, str]) -> int:
 # the checkpoint through the page cache, evicting the source being read and throttling on dirty
 # pages; on our VMs that made writing 5x slower than `cp`. RESHARD_DIRECT_IO=0 turns it off.
 _ALIGN = 4096
-_STAGE_BYTES = 32 << 20
+_STAGE_BYTES = 16 << 20
 
 
 def _direct_io_wanted() -> bool:

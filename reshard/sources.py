@@ -365,6 +365,7 @@ class _Part:
     dtypes: dict[str, torch.dtype] = field(default_factory=dict)
     reader: Callable[[str, Scratch | None], torch.Tensor] | None = None  # may return a view of a mapped file
     buffers: dict[str, torch.Tensor] = field(default_factory=dict)
+    segments: Callable[[str], list[torch.Tensor]] | None = None  # the tensor as 1-D views, in order
     touched: list[torch.Tensor] = field(default_factory=list)  # mapped views read since the last release
     mapped: bool = False
 
@@ -478,7 +479,11 @@ class MetaseqSource(Source):
             part.touched.append(tensors[name])
             return tensors[name]
 
-        part.reader = read
+        def segments(name: str) -> list[torch.Tensor]:
+            part.touched.append(tensors[name])
+            return [tensors[name].reshape(-1)]
+
+        part.reader, part.segments = read, segments
         part.dtypes.pop(metaseq.VERSION_BUFFER, None)
         return part, obj.get("cfg")
 
@@ -487,7 +492,7 @@ class MetaseqSource(Source):
         shards = [obj for obj, _ in loaded]
         part = _Part(mapped=all(mapped for _, mapped in loaded))
         entries: dict[str, _FlatEntry] = {}
-        segments: dict[str, list[tuple[int, int, torch.Tensor]]] = {}  # key -> (start, length, shard flat)
+        segments_of: dict[str, list[tuple[int, int, torch.Tensor]]] = {}  # key -> (start, length, shard flat)
         first_meta = None
         for s, (file, shard) in enumerate(zip(files, shards)):
             meta = shard.get("shard_metadata")
@@ -510,8 +515,8 @@ class MetaseqSource(Source):
                     length = flat.numel() - padding
                     if length < 0:
                         raise FormatError(f"{file}: {key} has padding {padding} > its {flat.numel()} elements")
-                    done = sum(seg[1] for seg in segments.get(key, []))
-                    segments.setdefault(key, []).append((done, length, flat))
+                    done = sum(seg[1] for seg in segments_of.get(key, []))
+                    segments_of.setdefault(key, []).append((done, length, flat))
                     if s == 0:
                         offset = 0
                         for rel, shape, numel in zip(info["names"], info["shapes"], info["numels"]):
@@ -546,7 +551,7 @@ class MetaseqSource(Source):
                     part.buffers[clean] = tensor
                     if clean != metaseq.VERSION_BUFFER:
                         part.dtypes[clean] = tensor.dtype
-        for key, segs in segments.items():
+        for key, segs in segments_of.items():
             total = sum(e.numel for e in entries.values() if e.module_key == key)
             have = sum(seg[1] for seg in segs)
             if have != total:
@@ -558,7 +563,7 @@ class MetaseqSource(Source):
                 return part.buffers[name]
             entry = entries[name]
             pieces = []
-            for start, length, flat in segments[entry.module_key]:
+            for start, length, flat in segments_of[entry.module_key]:
                 lo, hi = max(entry.offset, start), min(entry.offset + entry.numel, start + length)
                 if lo < hi:
                     pieces.append(flat[lo - start : hi - start])
@@ -569,7 +574,19 @@ class MetaseqSource(Source):
             out = scratch.take("join", (entry.numel,), pieces[0].dtype) if scratch is not None else None
             return torch.cat(pieces, out=out).view(entry.shape)
 
-        part.reader = read
+        def segments(name: str) -> list[torch.Tensor]:
+            if name in part.buffers:
+                return [part.buffers[name].reshape(-1)]
+            entry = entries[name]
+            pieces = []
+            for start, length, flat in segments_of[entry.module_key]:
+                lo, hi = max(entry.offset, start), min(entry.offset + entry.numel, start + length)
+                if lo < hi:
+                    pieces.append(flat[lo - start : hi - start])
+            part.touched.extend(pieces)
+            return pieces
+
+        part.reader, part.segments = read, segments
         return part, shards[0].get("cfg")
 
     # ---- reading ------------------------------------------------------------------------------
@@ -590,7 +607,22 @@ class MetaseqSource(Source):
 
         try:
             out = scratch.take("full", full_shape, self.dtype) if scratch is not None else None
-            full = assemble(full_shape, spec, self.tp, self.dtype, local, block_order=order, out=out)
+            contiguous = isinstance(spec, Shard) and spec.dim % len(full_shape) == 0 and not spec.blocks
+            if contiguous and order is None:
+                # Part p's rows are one contiguous range of the full tensor: copy the stored
+                # pieces (which may span FSDP shard files) straight there, joining nothing.
+                full = out if out is not None else torch.empty(full_shape, dtype=self.dtype)
+                flat, pos = full.view(-1), 0
+                for p in range(self.tp):
+                    segs = self.parts[p].segments
+                    assert segs is not None
+                    for piece in segs(theirs):
+                        flat[pos : pos + piece.numel()].copy_(piece)
+                        pos += piece.numel()
+                if pos != flat.numel():
+                    raise MismatchError(f"{self.path}: {theirs} holds {pos} elements over {self.tp} parts, expected {flat.numel()}")
+            else:
+                full = assemble(full_shape, spec, self.tp, self.dtype, local, block_order=order, out=out)
             if not isinstance(spec, Shard):
                 for p in range(1, self.tp):  # replicated: every part must hold the same values
                     if not torch.equal(local(p).to(self.dtype), full):

@@ -15,8 +15,8 @@ from django.urls import reverse
 from django.utils import timezone
 
 from artifacts import services
-from tests.artifacts.conftest import HF_FILES, grant_access, make_checkpoint
 from tests import factories
+from tests.artifacts.conftest import HF_FILES, grant_access, make_checkpoint
 
 pytestmark = [pytest.mark.django_db(transaction=True),
               pytest.mark.skipif(not (shutil.which("bash") and shutil.which("curl")), reason="needs bash and curl")]

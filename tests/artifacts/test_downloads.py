@@ -18,7 +18,6 @@ from django.utils import timezone
 
 from access.models import AuditEvent
 from access.services import RequestMeta, grant_revoke
-from artifacts import services
 from artifacts.models import CheckpointState, DownloadEvent
 from artifacts.signing import sign_link
 from tests.artifacts.conftest import HF_FILES, accept_license, grant_access, make_checkpoint

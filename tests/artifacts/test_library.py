@@ -7,7 +7,13 @@ import io
 
 import pytest
 
-from artifacts.checksums import ChecksumListError, UnknownFormat, detect_format, match_published, parse_published_sums
+from artifacts.checksums import (
+    ChecksumListError,
+    UnknownFormat,
+    detect_format,
+    match_published,
+    parse_published_sums,
+)
 from artifacts.hashing import hash_files, hash_stream
 from artifacts.http import ByteRange, RangeNotSatisfiable, parse_range
 from artifacts.storage import UnsafeKey, check_relative_path

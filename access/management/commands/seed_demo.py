@@ -213,6 +213,9 @@ class Command(BaseCommand):
                 f"  application #{application.pk} {verb}: {application.email} -> {application.release.name} "
                 f"({application.get_status_display()})"
             )
+        # A small random-weight checkpoint for an open and a gated release, so the whole path from
+        # application to a verified download can be tried.
+        call_command("seed_demo_checkpoints", stdout=self.stdout, stderr=self.stderr)
         self._print_logins()
 
     def _print_logins(self) -> None:
