@@ -134,6 +134,75 @@ class VerificationJob(models.Model):
         return self.status in {JobStatus.QUEUED, JobStatus.RUNNING}
 
 
+class ReshardFormat(models.TextChoices):
+    NATIVE = "native", "OpenRelease native"
+    HF = "hf", "Hugging Face transformers"
+    METASEQ = "metaseq", "metaseq consolidated parts"
+
+
+class ReshardStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+
+
+class ReshardJob(models.Model):
+    """One conversion of a ready checkpoint into another format / tensor-parallel layout / dtype.
+
+    `job_key` names the conversion (source, format, tp, dtype); it is unique among jobs that have not
+    failed, so asking for the same conversion again returns the queued, running or finished job.
+    """
+
+    source = models.ForeignKey(Checkpoint, on_delete=models.PROTECT, related_name="reshard_jobs")
+    target_format = models.CharField(max_length=10, choices=ReshardFormat.choices)
+    tp_size = models.PositiveIntegerField(default=1)
+    dtype = models.CharField(max_length=16, help_text="float16, bfloat16 or float32.")
+    job_key = models.CharField(max_length=200)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    status = models.CharField(max_length=10, choices=ReshardStatus.choices, default=ReshardStatus.QUEUED)
+    bytes_done = models.BigIntegerField(default=0)
+    bytes_total = models.BigIntegerField(default=0)
+    tensors_done = models.PositiveIntegerField(default=0)
+    tensors_total = models.PositiveIntegerField(default=0)
+    attempts = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    error_message = models.TextField(blank=True)
+    # `python -m reshard` exit code of the failure (2 usage, 3 bad input, 4 verification, 5 unsafe pickle,
+    # 1 internal); null while nothing failed.
+    exit_code = models.SmallIntegerField(null=True, blank=True)
+    output = models.OneToOneField(
+        Checkpoint, null=True, blank=True, on_delete=models.PROTECT, related_name="produced_by_reshard"
+    )
+    # {"seconds", "parameter_count", "numerics": {...} | null, "reused_output": bool, ...}
+    report = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        indexes = [models.Index(fields=["status", "heartbeat_at"])]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["job_key"], condition=~models.Q(status="failed"), name="uniq_reshard_job_key_unless_failed"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"reshard #{self.pk} {self.source_id} -> {self.target_format} tp{self.tp_size} {self.dtype} ({self.status})"
+
+    @property
+    def percent(self) -> float:
+        return 100.0 * self.bytes_done / self.bytes_total if self.bytes_total else 0.0
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in {ReshardStatus.QUEUED, ReshardStatus.RUNNING}
+
+
 class DownloadEvent(models.Model):
     """One redemption of a signed link. `bytes_served` is reserved when serving starts and settled to
     the bytes actually sent when the portal streams the file itself."""

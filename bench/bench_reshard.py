@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -135,8 +133,6 @@ def bench_size(size: str, keep: bool) -> dict[str, object]:
         runs[label] = measure(cmd)
         print(f"  {size:9s} {label:30s} {runs[label]['wall_s']:7.2f}s  peak RSS {runs[label]['peak_rss_mb']:8.0f} MB",
               file=sys.stderr)
-        target = out / cmd[-1] if False else None
-        del target
         for sub in ("cp", "naive"):
             shutil.rmtree(out / sub, ignore_errors=True)
     # the outputs must verify (checksums + structure) -- cheap, not timed
@@ -175,7 +171,19 @@ def main() -> None:
             print(f"{r['size']:9s} {r['source_bytes'] / 1e9:7.2f}GB {r['largest_tensor_mb']:6.0f}MB {label:30s} "
                   f"{v['wall_s']:7.2f}s {v['x_cp']:6.2f} {v['peak_rss_mb']:7.0f}MB {r['rss_target_mb']:8.0f}MB")
     (BENCH_DIR / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    del resource
+    missed = []
+    for r in results:
+        for label, v in r["runs"].items():  # type: ignore[union-attr]
+            if not label.startswith("reshard"):
+                continue
+            if v["x_cp"] > 1.5:
+                missed.append(f"{r['size']} {label}: {v['x_cp']}x cp (target <= 1.5x)")
+            if v["peak_rss_mb"] > r["rss_target_mb"]:  # type: ignore[operator]
+                missed.append(f"{r['size']} {label}: peak RSS {v['peak_rss_mb']} MB (target <= {r['rss_target_mb']} MB)")
+    for line in missed:
+        print(f"MISSED {line}")
+    if missed:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -8,13 +8,11 @@ the full tensor make a rank's shard; the helpers below only move bytes according
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from training import (
     ModelConfig,
@@ -26,29 +24,15 @@ from training import (
     shard_slices,
     sharding_plan,
 )
+from training import meta_model as training_meta_model
+
 
 _SINGLE = TPGroup(group=None, rank=0, world_size=1)
 
 
-@contextlib.contextmanager
-def _no_init() -> Iterator[None]:
-    """Skip torch.nn's default initialisers while a model is built on the meta device: they do
-    nothing useful there, and on meta ``normal_`` pulls in torch's compiler stack (seconds)."""
-    classes = (nn.Linear, nn.Embedding, nn.LayerNorm)
-    saved = [cls.reset_parameters for cls in classes]
-    try:
-        for cls in classes:
-            cls.reset_parameters = lambda self: None  # type: ignore[method-assign]
-        yield
-    finally:
-        for cls, method in zip(classes, saved):
-            cls.reset_parameters = method  # type: ignore[method-assign]
-
-
 def meta_model(config: ModelConfig, group: object = None) -> Transformer:
     """training's Transformer on the meta device (no memory, no initialisation)."""
-    with _no_init(), torch.device("meta"):
-        return Transformer(config, group if group is not None else _SINGLE)
+    return training_meta_model(config, group if group is not None else _SINGLE)
 
 
 class Scratch:

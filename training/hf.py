@@ -23,7 +23,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from training.config import ModelConfig
-from training.model import Transformer
+from training.model import Transformer, meta_model
 from training.parallel import TPGroup, Shard, merge_shards, shard_slices, sharding_plan
 
 Index = tuple[slice, ...]
@@ -318,8 +318,7 @@ def load_pretrained(path: str | os.PathLike[str], *, dtype: torch.dtype | None =
             raise CheckpointError(f"tensor {name!r} in {path} has shape {found}, but config.json implies {shape}: "
                                   f"the weights and config.json do not belong together")
 
-    with torch.device("meta"):
-        model = Transformer(cfg, tp)
+    model = meta_model(cfg, tp)
     model.to_empty(device=device)
     model = model.to(dtype or _dtype_from_config(hf_config))
     plan = sharding_plan(model)

@@ -7,6 +7,8 @@ communication calls are skipped, so the same code runs on one CPU process.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -374,14 +376,34 @@ def load_balancing_loss(stats: list[RouterStats], n_expert: int) -> torch.Tensor
     return n_expert * torch.sum(picks * probs)
 
 
+@contextlib.contextmanager
+def _no_default_init() -> Iterator[None]:
+    """Skip torch.nn's default initialisers while building on the meta device: they do nothing
+    useful there, and on meta ``normal_`` pulls in torch's compiler stack (seconds per build)."""
+    classes = (nn.Linear, nn.Embedding, nn.LayerNorm)
+    saved = [cls.reset_parameters for cls in classes]
+    try:
+        for cls in classes:
+            cls.reset_parameters = lambda self: None  # type: ignore[method-assign]
+        yield
+    finally:
+        for cls, method in zip(classes, saved):
+            cls.reset_parameters = method  # type: ignore[method-assign]
+
+
+def meta_model(config: ModelConfig, group: object = None) -> Transformer:
+    """The model on the meta device: shapes and sharding only, no memory, no initialisation."""
+    with _no_default_init(), torch.device("meta"):
+        return Transformer(config, group)
+
+
 def build_model(config: ModelConfig, *, group: object = None, dtype: torch.dtype = torch.float32,
                 device: torch.device | str = "cpu", seed: int | None = 0) -> Transformer:
     """A randomly initialised model; the full weights are the same whatever the tp size."""
-    with torch.device("meta"):
-        model = Transformer(config, group)
+    model = meta_model(config, group)
     model.to_empty(device=device)
     init_normal_(model, seed=seed)
     return model.to(dtype)
 
 
-__all__ = ["KVCache", "Transformer", "build_model", "load_balancing_loss"]
+__all__ = ["KVCache", "Transformer", "build_model", "load_balancing_loss", "meta_model"]
