@@ -6,7 +6,7 @@ from typing import Any
 
 from django.contrib import admin
 
-from artifacts.models import Checkpoint, CheckpointFile, DownloadEvent, VerificationJob
+from artifacts.models import Checkpoint, CheckpointFile, DownloadEvent, ReshardJob, VerificationJob
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -52,6 +52,14 @@ class CheckpointFileAdmin(ReadOnlyAdmin):
 class VerificationJobAdmin(ReadOnlyAdmin):
     list_display = ("pk", "checkpoint", "status", "files_done", "files_total", "bytes_hashed", "heartbeat_at")
     list_filter = ("status",)
+
+
+@admin.register(ReshardJob)
+class ReshardJobAdmin(ReadOnlyAdmin):
+    list_display = ("pk", "source", "target_format", "tp_size", "dtype", "status", "phase", "bytes_done",
+                    "bytes_total", "attempts", "heartbeat_at", "output")
+    list_filter = ("status", "target_format")
+    search_fields = ("job_key", "source__variant", "source__release__slug")
 
 
 @admin.register(DownloadEvent)

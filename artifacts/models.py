@@ -163,6 +163,8 @@ class ReshardJob(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     status = models.CharField(max_length=10, choices=ReshardStatus.choices, default=ReshardStatus.QUEUED)
+    # While running: materialising, converting, verifying or storing.
+    phase = models.CharField(max_length=16, blank=True)
     bytes_done = models.BigIntegerField(default=0)
     bytes_total = models.BigIntegerField(default=0)
     tensors_done = models.PositiveIntegerField(default=0)

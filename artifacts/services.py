@@ -112,7 +112,9 @@ def checkpoint_import(
         )
     if not dtype and fmt in {"hf", "native"} and "config.json" in paths:
         try:
-            dtype = str(json.loads(source.read_text("config.json")).get("torch_dtype") or "")
+            config = json.loads(source.read_text("config.json"))
+            # transformers 5 writes "dtype", 4.x "torch_dtype".
+            dtype = str(config.get("dtype") or config.get("torch_dtype") or "")
         except (ValueError, OSError):
             dtype = ""
 

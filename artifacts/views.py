@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
@@ -19,8 +20,8 @@ from access import services as access_services
 from access.errors import AccessError, NotAllowed
 from access.selectors import access_grant
 from access.services import RequestMeta
-from artifacts import selectors, services
-from artifacts.models import Checkpoint
+from artifacts import reshard_jobs, selectors, services
+from artifacts.models import Checkpoint, ReshardFormat, ReshardJob
 from artifacts.services import Bundle, DownloadRefused
 from artifacts.serving import download_response, refusal_response
 
@@ -151,10 +152,19 @@ def checkpoint_index(request: HttpRequest) -> HttpResponse:
     return render(request, "artifacts/checkpoint_index.html", {"rows": rows})
 
 
-@login_required
-def checkpoint_detail(request: HttpRequest, checkpoint_id: int) -> HttpResponse:
-    checkpoint = selectors.access_operator_checkpoint(actor=request.user, checkpoint_id=checkpoint_id)
+class ReshardForm(forms.Form):
+    to = forms.ChoiceField(label="Target format", choices=ReshardFormat.choices)
+    tp = forms.IntegerField(label="Tensor-parallel parts", min_value=1, max_value=4096, required=False,
+                            help_text="Empty: the source's (always 1 for transformers).")
+    dtype = forms.ChoiceField(label="Data type", required=False, choices=[
+        ("", "Same as the source"), ("fp16", "float16"), ("bf16", "bfloat16"), ("fp32", "float32"),
+    ])
+
+
+def _checkpoint_page(request: HttpRequest, checkpoint: Checkpoint, *, reshard_form: ReshardForm | None = None,
+                     status: int = 200) -> HttpResponse:
     job = selectors.latest_verification(checkpoint)
+    reshard_list = list(reshard_jobs.checkpoint_reshard_jobs(checkpoint)[:20])
     return render(request, "artifacts/checkpoint_detail.html", {
         "checkpoint": checkpoint,
         "files": selectors.checkpoint_files(checkpoint),
@@ -162,7 +172,56 @@ def checkpoint_detail(request: HttpRequest, checkpoint_id: int) -> HttpResponse:
         "jobs": checkpoint.verification_jobs.all()[:10],
         "counts": selectors.checkpoint_download_counts().get(checkpoint.pk, {}),
         "derivatives": checkpoint.derivatives.all(),
-    })
+        "reshard_form": reshard_form or ReshardForm(initial={"to": ReshardFormat.NATIVE, "tp": checkpoint.tp_size}),
+        "reshard_jobs": reshard_list,
+        "reshard_active": any(item.is_active for item in reshard_list),
+        "produced_by": ReshardJob.objects.select_related("source").filter(output=checkpoint).first(),
+    }, status=status)
+
+
+@login_required
+def checkpoint_detail(request: HttpRequest, checkpoint_id: int) -> HttpResponse:
+    checkpoint = selectors.access_operator_checkpoint(actor=request.user, checkpoint_id=checkpoint_id)
+    return _checkpoint_page(request, checkpoint)
+
+
+@login_required
+@require_POST
+def checkpoint_reshard(request: HttpRequest, checkpoint_id: int) -> HttpResponse:
+    """The Convert form: queue a reshard job (or find the same conversion already asked for)."""
+    checkpoint = selectors.access_operator_checkpoint(actor=request.user, checkpoint_id=checkpoint_id)
+    form = ReshardForm(request.POST)
+    if form.is_valid():
+        try:
+            outcome = reshard_jobs.reshard_job_create(
+                checkpoint=checkpoint, to=form.cleaned_data["to"], tp=form.cleaned_data["tp"],
+                dtype=form.cleaned_data["dtype"] or None, actor=request.user, meta=RequestMeta.from_request(request),
+            )
+        except AccessError as error:
+            form.add_error(error.field if error.field in form.fields else None, error.message)
+        else:
+            job = outcome.job
+            if outcome.created:
+                messages.success(request, f"Reshard job #{job.pk} queued.")
+            else:
+                messages.info(request, f"The same conversion is already reshard job #{job.pk} "
+                                       f"({job.get_status_display().lower()}).")
+            return redirect(reverse("checkpoint-detail", args=[checkpoint.pk]) + f"#reshard-job-{job.pk}")
+    return _checkpoint_page(request, checkpoint, reshard_form=form, status=400)
+
+
+@login_required
+def checkpoint_reshard_jobs(request: HttpRequest, checkpoint_id: int) -> JsonResponse:
+    """Live figures for the jobs table (polled every 2 s while a job is queued or running)."""
+    checkpoint = selectors.access_operator_checkpoint(actor=request.user, checkpoint_id=checkpoint_id)
+    jobs = []
+    for job in reshard_jobs.checkpoint_reshard_jobs(checkpoint)[:20]:
+        body = reshard_jobs.reshard_job_progress(job)
+        body["status_display"] = job.get_status_display()
+        body["output_url"] = reverse("checkpoint-detail", args=[job.output_id]) if job.output_id else None
+        body["output_name"] = str(job.output) if job.output_id else None
+        jobs.append(body)
+    return JsonResponse({"checkpoint": checkpoint.pk, "jobs": jobs})
 
 
 @login_required

@@ -180,6 +180,7 @@ CELERY_TASK_DEFAULT_QUEUE = "default"
 # Queues: `default` (email, sweeps), `io` (hashing, imports), `gpu` (reshard, verify numerics, training).
 CELERY_TASK_ROUTES = {
     "access.tasks.*": {"queue": "default"},
+    "artifacts.tasks.run_reshard_job": {"queue": "gpu"},
     "artifacts.tasks.*": {"queue": "io"},
     "reshard.tasks.*": {"queue": "gpu"},
     "training.tasks.*": {"queue": "gpu"},

@@ -294,7 +294,7 @@ class HFSource(Source):
         if config_file.is_file():
             try:
                 hf_config = json.loads(config_file.read_text())
-                self.config = ModelConfig.from_hf(hf_config, name=hf_config.get("_name_or_path") or path.name)
+                self.config = ModelConfig.from_hf(hf_config)  # no path in the name: outputs must not depend on where SRC lies
             except (json.JSONDecodeError, ValueError) as exc:
                 raise FormatError(f"{config_file}: {exc}") from None
             self.architecture_from = "checkpoint"

@@ -17,4 +17,8 @@ urlpatterns = [
          name="bundle-sha256sums"),
     path("checkpoints/<int:checkpoint_id>/bundle/md5sums/", views.BundleMd5Sums.as_view(), name="bundle-md5sums"),
     path("checkpoints/<int:checkpoint_id>/bundle/download-sh/", views.BundleScript.as_view(), name="bundle-script"),
+    # Operators and reviewers
+    path("checkpoints/<int:checkpoint_id>/reshard-jobs/", views.CheckpointReshardJobs.as_view(),
+         name="checkpoint-reshard-jobs"),
+    path("reshard-jobs/<int:job_id>/", views.ReshardJobDetail.as_view(), name="reshard-job"),
 ]

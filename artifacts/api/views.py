@@ -13,10 +13,16 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from access.api.common import Pagination, errors
+from access.api.common import Pagination, errors, validated
 from access.services import RequestMeta
-from artifacts import selectors, services
-from artifacts.api.serializers import CheckpointDetailSerializer, CheckpointSerializer, ManifestSerializer
+from artifacts import reshard_jobs, selectors, services
+from artifacts.api.serializers import (
+    CheckpointDetailSerializer,
+    CheckpointSerializer,
+    ManifestSerializer,
+    ReshardJobCreateSerializer,
+    ReshardJobSerializer,
+)
 from artifacts.models import Checkpoint
 from artifacts.services import Bundle
 
@@ -143,3 +149,52 @@ class BundleScript(_TextBundle):
 
     def text(self, bundle: Bundle) -> str:
         return bundle.download_script()
+
+
+# --- Reshard jobs (operators and reviewers; everyone else gets 404) ----------------------------
+
+
+@extend_schema_view(
+    get=extend_schema(
+        tags=["reshard"], operation_id="checkpoints_reshard_jobs_list",
+        summary="Reshard jobs of a checkpoint, newest first (operators and reviewers)",
+        responses={200: ReshardJobSerializer(many=True), **errors(401, 403, 404)},
+    ),
+    post=extend_schema(
+        tags=["reshard"], operation_id="checkpoints_reshard_jobs_create",
+        summary="Convert a ready checkpoint: queue a reshard job; the same conversion asked again returns its job",
+        request=ReshardJobCreateSerializer,
+        responses={201: ReshardJobSerializer, 200: OpenApiResponse(ReshardJobSerializer, description=(
+            "The same conversion (source, format, tp, dtype) is already queued, running or done; that job.")),
+            **errors(400, 401, 403, 404, 409)},
+    ),
+)
+class CheckpointReshardJobs(generics.GenericAPIView):
+    serializer_class = ReshardJobSerializer
+    pagination_class = Pagination
+
+    def get(self, request: Request, checkpoint_id: int) -> Response:
+        checkpoint = selectors.access_operator_checkpoint(actor=request.user, checkpoint_id=checkpoint_id)
+        page = self.paginate_queryset(reshard_jobs.checkpoint_reshard_jobs(checkpoint))
+        return self.get_paginated_response(ReshardJobSerializer(page, many=True).data)
+
+    def post(self, request: Request, checkpoint_id: int) -> Response:
+        checkpoint = selectors.access_operator_checkpoint(actor=request.user, checkpoint_id=checkpoint_id)
+        data = validated(ReshardJobCreateSerializer, request.data)
+        outcome = reshard_jobs.reshard_job_create(
+            checkpoint=checkpoint, to=data["to"], tp=data.get("tp"), dtype=data.get("dtype") or None,
+            actor=request.user, meta=RequestMeta.from_request(request),
+        )
+        return Response(ReshardJobSerializer(outcome.job).data, status=201 if outcome.created else 200)
+
+
+@extend_schema_view(
+    get=extend_schema(
+        tags=["reshard"], operation_id="reshard_jobs_retrieve",
+        summary="One reshard job: status, progress, error and output checkpoint (operators and reviewers)",
+        responses={200: ReshardJobSerializer, **errors(401, 403, 404)},
+    )
+)
+class ReshardJobDetail(APIView):
+    def get(self, request: Request, job_id: int) -> Response:
+        return Response(ReshardJobSerializer(reshard_jobs.access_reshard_job(actor=request.user, job_id=job_id)).data)
