@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast services-start services-stop bench clean
+.PHONY: install demo test lint services-start services-stop bench clean
 
 install: $(STAMP)
 
@@ -29,6 +29,10 @@ test: install
 	if [ -z "$${DATABASE_URL:-}$${REDIS_URL:-}" ] && scripts/services.sh start >var/services.env 2>/dev/null; then \
 	  source var/services.env; echo "make test: using local services ($$DATABASE_URL, $$REDIS_URL)"; fi; \
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 services-start:
 	@scripts/services.sh install && scripts/services.sh start

@@ -97,9 +97,7 @@ class UserAdmin(DjangoUserAdmin):
         ),
         ("Important dates", {"fields": ("last_login", "date_joined")}),
     )
-    add_fieldsets = (
-        (None, {"classes": ("wide",), "fields": ("email", "usable_password", "password1", "password2")}),
-    )
+    add_fieldsets = ((None, {"classes": ("wide",), "fields": ("email", "usable_password", "password1", "password2")}),)
     list_display = ("email", "full_name", "affiliation", "email_verified_at", "is_staff", "is_active")
     list_filter = ("is_staff", "is_superuser", "is_active", "groups")
     search_fields = ("email", "full_name", "affiliation")
@@ -113,7 +111,16 @@ class ApiKeyAdmin(admin.ModelAdmin):
     list_filter = ("revoked_at",)
     search_fields = ("name", "key_prefix", "user__email")
     list_select_related = ("user",)
-    readonly_fields = ("user", "name", "key_prefix", "key_hash", "created_at", "last_used_at", "expires_at", "revoked_at")
+    readonly_fields = (
+        "user",
+        "name",
+        "key_prefix",
+        "key_hash",
+        "created_at",
+        "last_used_at",
+        "expires_at",
+        "revoked_at",
+    )
     actions = ("revoke_keys",)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -167,7 +174,9 @@ class LicenseAdmin(admin.ModelAdmin):
         for version in formset.save(commit=False):
             if version.pk is None:
                 services.license_version_publish(
-                    license_id=form.instance.pk, version=version.version, text=version.text,
+                    license_id=form.instance.pk,
+                    version=version.version,
+                    text=version.text,
                     actor=request.user,  # type: ignore[arg-type]
                 )
 
@@ -255,14 +264,29 @@ class ApplicationAdmin(admin.ModelAdmin):
     inlines = (ApplicationMessageInline, ReviewerNoteInline)
     # Who applied, what they accepted and what was decided is evidence: decide in the reviewer dashboard.
     readonly_fields = (
-        "review_link", "applicant", "release", "status", "version", "renewal_of", "email", "license_acceptance",
-        "non_commercial_attested", "submitted_ip", "submitted_at", "updated_at", "decided_at", "decided_by",
-        "reviewer", "rejection_reason",
+        "review_link",
+        "applicant",
+        "release",
+        "status",
+        "version",
+        "renewal_of",
+        "email",
+        "license_acceptance",
+        "non_commercial_attested",
+        "submitted_ip",
+        "submitted_at",
+        "updated_at",
+        "decided_at",
+        "decided_by",
+        "reviewer",
+        "rejection_reason",
     )
 
     @admin.display(description="Reviewer dashboard")
     def review_link(self, obj: Application) -> str:
-        return format_html('<a href="{}">Open #{} in the reviewer dashboard</a>', reverse("review-detail", args=[obj.pk]), obj.pk)
+        return format_html(
+            '<a href="{}">Open #{} in the reviewer dashboard</a>', reverse("review-detail", args=[obj.pk]), obj.pk
+        )
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # applicants apply through the portal, which checks the license and the rules
@@ -293,9 +317,7 @@ class RejectionTemplateAdmin(admin.ModelAdmin):
 
     def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
         form = super().get_form(request, obj, change=change, **kwargs)
-        form.base_fields["body"].help_text = (
-            "{name} becomes the applicant's name and {release} the release's name."
-        )
+        form.base_fields["body"].help_text = "{name} becomes the applicant's name and {release} the release's name."
         return form
 
 
@@ -313,8 +335,18 @@ class GrantAdmin(admin.ModelAdmin):
     search_fields = ("user__email", "=id")
     list_select_related = ("user", "release", "application")
     date_hierarchy = "starts_at"
-    readonly_fields = ("user", "release", "application", "status", "starts_at", "expires_at", "created_at",
-                       "revoked_at", "revoked_by", "revoke_reason")
+    readonly_fields = (
+        "user",
+        "release",
+        "application",
+        "status",
+        "starts_at",
+        "expires_at",
+        "created_at",
+        "revoked_at",
+        "revoked_by",
+        "revoke_reason",
+    )
     action_form = GrantActionForm
     actions = ("revoke_grants",)
 
@@ -333,7 +365,8 @@ class GrantAdmin(admin.ModelAdmin):
         reason = request.POST.get("reason", "").strip()
         if not reason:
             self.message_user(
-                request, "Nothing revoked: write the reason in the “Reason” box next to the action; the holder is told.",
+                request,
+                "Nothing revoked: write the reason in the “Reason” box next to the action; the holder is told.",
                 messages.ERROR,
             )
             return

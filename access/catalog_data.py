@@ -15,7 +15,7 @@ follows the architecture the GLaM paper describes; Google's own GLaM weights wer
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 OPEN = "open"
 GATED = "gated"
@@ -215,23 +215,23 @@ _MOE_LICENSE = _research_license(
     ),
 )
 
-_V1_DATE = datetime(2024, 6, 3, tzinfo=timezone.utc)
+_V1_DATE = datetime(2024, 6, 3, tzinfo=UTC)
 
 LICENSES: tuple[LicenseData, ...] = (
     LicenseData(
         slug="opt-175b-license",
         name="OPT-175B non-commercial research license",
-        versions=(LicenseVersionData("1.0", datetime(2022, 5, 3, tzinfo=timezone.utc), _OPT_175B_LICENSE),),
+        versions=(LicenseVersionData("1.0", datetime(2022, 5, 3, tzinfo=UTC), _OPT_175B_LICENSE),),
     ),
     LicenseData(
         slug="opt-open-license",
         name="OPT open-model license",
-        versions=(LicenseVersionData("1.0", datetime(2022, 5, 3, tzinfo=timezone.utc), _OPT_OPEN_LICENSE),),
+        versions=(LicenseVersionData("1.0", datetime(2022, 5, 3, tzinfo=UTC), _OPT_OPEN_LICENSE),),
     ),
     LicenseData(
         slug="llama-license",
         name="LLaMA non-commercial research license",
-        versions=(LicenseVersionData("1.0", datetime(2023, 2, 24, tzinfo=timezone.utc), _LLAMA_LICENSE),),
+        versions=(LicenseVersionData("1.0", datetime(2023, 2, 24, tzinfo=UTC), _LLAMA_LICENSE),),
     ),
     LicenseData(
         slug="moe-research-license",
@@ -298,20 +298,24 @@ DATA_CARDS: tuple[DataCardData, ...] = (
         datasets=(
             DatasetShare("BookCorpus", 0.02, "Unpublished books; part of the RoBERTa pre-training corpus."),
             DatasetShare(
-                "CC-Stories", 0.06,
+                "CC-Stories",
+                0.06,
                 "CommonCrawl documents filtered to resemble the story-like style of Winograd schemas (RoBERTa corpus).",
             ),
             DatasetShare(
-                "CC-News v2", 0.12,
+                "CC-News v2",
+                0.12,
                 "English news articles from CommonCrawl News, extended in time for OPT (RoBERTa corpus).",
             ),
             DatasetShare(
-                "The Pile (subset)", 0.60,
+                "The Pile (subset)",
+                0.60,
                 "CommonCrawl, DM Mathematics, Project Gutenberg, HackerNews, OpenSubtitles, OpenWebText2, USPTO "
                 "and Wikipedia subsets of The Pile.",
             ),
             DatasetShare(
-                "PushShift.io Reddit", 0.20,
+                "PushShift.io Reddit",
+                0.20,
                 "Reddit conversations; each thread reduced to its longest chain of comments to make it linear text.",
             ),
         ),
@@ -350,10 +354,16 @@ DATA_CARDS: tuple[DataCardData, ...] = (
             "reference works and books."
         ),
         datasets=(
-            DatasetShare("English CommonCrawl", 0.67, "Five CommonCrawl dumps (2017 to 2020) processed with the CCNet pipeline."),
-            DatasetShare("C4", 0.15, "The Colossal Clean Crawled Corpus, a differently filtered CommonCrawl derivative."),
+            DatasetShare(
+                "English CommonCrawl", 0.67, "Five CommonCrawl dumps (2017 to 2020) processed with the CCNet pipeline."
+            ),
+            DatasetShare(
+                "C4", 0.15, "The Colossal Clean Crawled Corpus, a differently filtered CommonCrawl derivative."
+            ),
             DatasetShare("GitHub", 0.045, "Public repositories under Apache, BSD and MIT licenses (Google BigQuery)."),
-            DatasetShare("Wikipedia", 0.045, "June to August 2022 dumps in 20 languages written in Latin or Cyrillic scripts."),
+            DatasetShare(
+                "Wikipedia", 0.045, "June to August 2022 dumps in 20 languages written in Latin or Cyrillic scripts."
+            ),
             DatasetShare("Books", 0.045, "Project Gutenberg and the Books3 section of The Pile."),
             DatasetShare("ArXiv", 0.025, "LaTeX sources of scientific papers."),
             DatasetShare("StackExchange", 0.02, "Questions and answers from the 28 largest StackExchange sites."),
@@ -391,7 +401,9 @@ DATA_CARDS: tuple[DataCardData, ...] = (
             "enters. Our lab assembled its corpus to that recipe for the GLaM-style releases on this platform."
         ),
         datasets=(
-            DatasetShare("Filtered web pages", 0.42, "Web pages kept by a text-quality classifier (about 143B tokens)."),
+            DatasetShare(
+                "Filtered web pages", 0.42, "Web pages kept by a text-quality classifier (about 143B tokens)."
+            ),
             DatasetShare("Wikipedia", 0.06, "Encyclopaedia articles (about 3B tokens)."),
             DatasetShare("Conversations", 0.28, "Public-domain social media conversations (about 174B tokens)."),
             DatasetShare("Forums", 0.02, "Discussion forum pages (about 247B tokens)."),
@@ -463,7 +475,8 @@ def _opt_card(size: str, *, training_tp: int, extra_limitation: str = "", comput
             "and it follows declarative instructions poorly. Its training data is mostly English and reflects the "
             "biases of the sources it was drawn from." + (f" {extra_limitation}" if extra_limitation else "")
         ),
-        training_compute=compute or (
+        training_compute=compute
+        or (
             f"Trained by Meta AI with the metaseq code base on NVIDIA A100 GPUs, using fully sharded data parallelism "
             f"with Megatron-style tensor parallelism in {training_tp} parts, in mixed fp16 precision. The paper does "
             "not report a per-size GPU count for this size; the ~180B-token corpus described in the data card was "
@@ -535,7 +548,9 @@ def _opt_release(spec: _OptSize, sort_order: int) -> ReleaseData:
     gated = spec.size == "175B"
     if gated:
         card = _opt_card(
-            spec.size, training_tp=spec.training_tp, compute=_OPT_175B_COMPUTE,
+            spec.size,
+            training_tp=spec.training_tp,
+            compute=_OPT_175B_COMPUTE,
             extra_limitation=(
                 "The authors found OPT-175B somewhat more likely than GPT-3 to produce toxic language when prompted "
                 "with toxic text, which they attribute partly to the Reddit share of the corpus."
@@ -543,7 +558,9 @@ def _opt_release(spec: _OptSize, sort_order: int) -> ReleaseData:
         )
     else:
         small = spec.parameters < 10_000_000_000
-        card = _opt_card(spec.size, training_tp=spec.training_tp, extra_limitation=_SMALL_OPT_LIMITATION if small else "")
+        card = _opt_card(
+            spec.size, training_tp=spec.training_tp, extra_limitation=_SMALL_OPT_LIMITATION if small else ""
+        )
     return ReleaseData(
         slug=f"opt-{spec.size.lower().replace('.', '-')}",  # URL slugs allow no dots: opt-1-3b
         name=f"OPT-{spec.size}",
@@ -650,7 +667,11 @@ def _llama_release(spec: _LlamaSize, sort_order: int) -> ReleaseData:
                 "state false information. The authors measured toxicity rising with model size and biases around "
                 "religion, age and gender on CrowS-Pairs. Most training data is English, so quality is lower in "
                 "other languages."
-                + (" The 7B and 13B models saw 1.0T tokens, fewer than the larger sizes." if spec.tokens == "1.0T" else "")
+                + (
+                    " The 7B and 13B models saw 1.0T tokens, fewer than the larger sizes."
+                    if spec.tokens == "1.0T"
+                    else ""
+                )
             ),
             training_compute=compute,
         ),

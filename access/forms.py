@@ -35,7 +35,9 @@ def apply_service_error(form: forms.Form, exc: AccessError) -> None:
 
 class SignupForm(forms.Form):
     email = forms.EmailField(max_length=254, widget=forms.EmailInput(attrs={"autocomplete": "email"}))
-    full_name = forms.CharField(label="Full name", max_length=200, widget=forms.TextInput(attrs={"autocomplete": "name"}))
+    full_name = forms.CharField(
+        label="Full name", max_length=200, widget=forms.TextInput(attrs={"autocomplete": "name"})
+    )
     affiliation = forms.CharField(
         max_length=200,
         help_text="University, institute or company you do research with.",
@@ -58,7 +60,9 @@ class SignupForm(forms.Form):
 
 
 class LoginForm(forms.Form):
-    email = forms.EmailField(max_length=254, widget=forms.EmailInput(attrs={"autocomplete": "email", "autofocus": True}))
+    email = forms.EmailField(
+        max_length=254, widget=forms.EmailInput(attrs={"autocomplete": "email", "autofocus": True})
+    )
     password = forms.CharField(strip=False, widget=forms.PasswordInput(attrs={"autocomplete": "current-password"}))
 
 
@@ -101,28 +105,40 @@ def country_choices() -> list[tuple[str, str]]:
 class ApplicationForm(forms.Form):
     """The license application. Everything the applicant types is kept on any error."""
 
-    full_name = forms.CharField(label="Full name", max_length=200, required=False,
-                                widget=forms.TextInput(attrs={"required": True, "autocomplete": "name"}))
-    affiliation = forms.CharField(max_length=200, required=False,
-                                  widget=forms.TextInput(attrs={"required": True, "autocomplete": "organization"}))
+    full_name = forms.CharField(
+        label="Full name",
+        max_length=200,
+        required=False,
+        widget=forms.TextInput(attrs={"required": True, "autocomplete": "name"}),
+    )
+    affiliation = forms.CharField(
+        max_length=200, required=False, widget=forms.TextInput(attrs={"required": True, "autocomplete": "organization"})
+    )
     organization_type = forms.ChoiceField(
-        label="Organization type", required=False,
+        label="Organization type",
+        required=False,
         choices=[("", "Choose…"), *OrganizationType.choices],
         widget=forms.Select(attrs={"required": True}),
     )
-    role = forms.CharField(max_length=200, required=False, help_text="For example: PhD student, research scientist.",
-                           widget=forms.TextInput(attrs={"required": True}))
+    role = forms.CharField(
+        max_length=200,
+        required=False,
+        help_text="For example: PhD student, research scientist.",
+        widget=forms.TextInput(attrs={"required": True}),
+    )
     country = forms.ChoiceField(label="Country", required=False, widget=forms.Select(attrs={"required": True}))
     research_purpose = forms.CharField(
         label="Research purpose", required=False, widget=forms.Textarea(attrs={"required": True, "rows": 8})
     )
     intended_use = forms.CharField(
-        label="Intended use", required=False,
+        label="Intended use",
+        required=False,
         help_text="What you will run the model on, and what you will do with its outputs.",
         widget=forms.Textarea(attrs={"required": True, "rows": 5}),
     )
     publications = forms.CharField(
-        label="Related publications", required=False,
+        label="Related publications",
+        required=False,
         help_text=f"Optional. One URL (https://…) or DOI (10.1234/abcd) per line, at most {MAX_PUBLICATIONS}.",
         widget=forms.Textarea(attrs={"rows": 4}),
     )
@@ -130,7 +146,8 @@ class ApplicationForm(forms.Form):
     accept_license = forms.BooleanField(required=False, widget=forms.CheckboxInput(attrs={"required": True}))
     non_commercial_attested = forms.BooleanField(
         label="I attest that I will use the model for non-commercial research only.",
-        required=False, widget=forms.CheckboxInput(attrs={"required": True}),
+        required=False,
+        widget=forms.CheckboxInput(attrs={"required": True}),
     )
 
     def __init__(self, *args: Any, license_label: str = "the license", **kwargs: Any) -> None:
@@ -138,9 +155,9 @@ class ApplicationForm(forms.Form):
         self.fields["country"].choices = [("", "Choose…"), *country_choices()]
         self.fields["accept_license"].label = f"I accept {license_label}"
         minimum = settings.RESEARCH_PURPOSE_MIN_LENGTH
-        self.fields["research_purpose"].help_text = (
-            f"What question your research asks and why it needs this model: at least {minimum} characters."
-        )
+        self.fields[
+            "research_purpose"
+        ].help_text = f"What question your research asks and why it needs this model: at least {minimum} characters."
         self.fields["research_purpose"].widget.attrs.update({"minlength": minimum, "data-min-length": minimum})
 
     @staticmethod
@@ -174,7 +191,8 @@ class ApplicationForm(forms.Form):
 
 class AnswerForm(forms.Form):
     message = forms.CharField(
-        label="Your answer", widget=forms.Textarea(attrs={"rows": 6}),
+        label="Your answer",
+        widget=forms.Textarea(attrs={"rows": 6}),
         error_messages={"required": "Write your answer before sending it."},
     )
 

@@ -23,11 +23,15 @@ def notify(*, user: User, subject: str, body: str, url: str = "") -> Notificatio
 
 
 def reviewers() -> Iterable[User]:
-    return User.objects.filter(is_active=True).filter(
-        Q(is_superuser=True)
-        | Q(groups__name=settings.REVIEWER_GROUP)
-        | Q(user_permissions__codename="review_application")
-    ).distinct()
+    return (
+        User.objects.filter(is_active=True)
+        .filter(
+            Q(is_superuser=True)
+            | Q(groups__name=settings.REVIEWER_GROUP)
+            | Q(user_permissions__codename="review_application")
+        )
+        .distinct()
+    )
 
 
 def notify_reviewers(*, subject: str, body: str, url: str, only: list[User] | None = None) -> None:

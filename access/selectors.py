@@ -79,7 +79,8 @@ def release_access_check(*, user: Any, release: Release, now: datetime | None = 
     if current is None or not accepted.filter(license_version=current).exists():
         if accepted.exists():
             return AccessDecision(
-                False, "license_changed",
+                False,
+                "license_changed",
                 f"The license of {release.name} changed (now version {current.version if current else '?'}): "
                 "accept the new version to continue.",
                 grant,
@@ -97,7 +98,9 @@ def user_may_use_release(*, user: Any, release: Release) -> bool:
 
 def access_application(*, actor: User, application_id: int) -> Application:
     """An application its applicant or a reviewer may see; anyone else gets a 404 (no existence leak)."""
-    queryset = Application.objects.select_related("release", "applicant", "decided_by", "reviewer", "license_acceptance__license_version")
+    queryset = Application.objects.select_related(
+        "release", "applicant", "decided_by", "reviewer", "license_acceptance__license_version"
+    )
     try:
         application = queryset.get(pk=application_id)
     except (Application.DoesNotExist, ValueError, TypeError):
@@ -135,9 +138,11 @@ def require_reviewer(user: Any) -> None:
 
 
 def release_by_slug(slug: str) -> Release:
-    release = Release.objects.select_related("family", "license", "data_card", "model_card").filter(
-        slug=slug, is_listed=True
-    ).first()
+    release = (
+        Release.objects.select_related("family", "license", "data_card", "model_card")
+        .filter(slug=slug, is_listed=True)
+        .first()
+    )
     if release is None:
         raise Http404("No such release.")
     return release
@@ -161,7 +166,9 @@ def grant_renewable(grant: Grant, now: datetime | None = None) -> bool:
         grant.status == GrantStatus.ACTIVE
         and now < grant.expires_at <= now + timedelta(days=settings.GRANT_RENEWAL_WINDOW_DAYS)
         and grant.application_id is not None
-        and not grant.renewal_applications.filter(status__in=PENDING_STATUSES + (ApplicationStatus.NEEDS_INFO,)).exists()
+        and not grant.renewal_applications.filter(
+            status__in=PENDING_STATUSES + (ApplicationStatus.NEEDS_INFO,)
+        ).exists()
     )
 
 
@@ -229,7 +236,9 @@ def review_metrics(*, now: datetime | None = None, weeks: int = 12) -> ReviewMet
     ).values_list("submitted_at", "decided_at")
     hours = sorted((decided - submitted).total_seconds() / 3600 for submitted, decided in recent)
     median = statistics.median(hours) if hours else None
-    p90 = statistics.quantiles(hours, n=10, method="inclusive")[-1] if len(hours) >= 2 else (hours[0] if hours else None)
+    p90 = (
+        statistics.quantiles(hours, n=10, method="inclusive")[-1] if len(hours) >= 2 else (hours[0] if hours else None)
+    )
     start_of_week = (now - timedelta(days=now.weekday())).date()
     first_week = start_of_week - timedelta(weeks=weeks - 1)
     buckets = {first_week + timedelta(weeks=i): 0 for i in range(weeks)}
@@ -248,7 +257,10 @@ def review_metrics(*, now: datetime | None = None, weeks: int = 12) -> ReviewMet
         if week_start in buckets:
             buckets[week_start] += count
     return ReviewMetrics(
-        pending=pending, decided_30d=len(hours), median_hours_30d=median, p90_hours_30d=p90,
+        pending=pending,
+        decided_30d=len(hours),
+        median_hours_30d=median,
+        p90_hours_30d=p90,
         weekly=sorted(buckets.items()),
     )
 
@@ -296,18 +308,30 @@ def application_signals(application: Application) -> list[Signal]:
     elif domain in FREE_EMAIL_DOMAINS:
         signals.append(Signal("info", f"{domain} is a free-mail domain, not an institutional address."))
     elif not _affiliation_matches_domain(application.affiliation, domain):
-        signals.append(Signal("warn", f"Email domain {domain} does not obviously match the affiliation “{application.affiliation}”."))
+        signals.append(
+            Signal(
+                "warn", f"Email domain {domain} does not obviously match the affiliation “{application.affiliation}”."
+            )
+        )
     same_person = (
         Application.objects.filter(release=application.release)
         .exclude(applicant=application.applicant)
-        .filter(Q(full_name__iexact=application.full_name) | Q(submitted_ip=application.submitted_ip) if application.submitted_ip else Q(full_name__iexact=application.full_name))
+        .filter(
+            Q(full_name__iexact=application.full_name) | Q(submitted_ip=application.submitted_ip)
+            if application.submitted_ip
+            else Q(full_name__iexact=application.full_name)
+        )
         .values_list("pk", "email")[:5]
     )
     for pk, email in same_person:
-        signals.append(Signal("warn", f"Possible duplicate: application #{pk} from {email} has the same name or IP address."))
-    earlier_rejections = Application.objects.filter(
-        applicant=application.applicant, status=ApplicationStatus.REJECTED
-    ).exclude(pk=application.pk).count()
+        signals.append(
+            Signal("warn", f"Possible duplicate: application #{pk} from {email} has the same name or IP address.")
+        )
+    earlier_rejections = (
+        Application.objects.filter(applicant=application.applicant, status=ApplicationStatus.REJECTED)
+        .exclude(pk=application.pk)
+        .count()
+    )
     if earlier_rejections:
         signals.append(Signal("info", f"The applicant had {earlier_rejections} earlier application(s) declined."))
     return signals

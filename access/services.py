@@ -37,8 +37,8 @@ from access.models import (
     LicenseAcceptance,
     LicenseVersion,
     OrganizationType,
-    Release,
     RejectionTemplate,
+    Release,
     ReviewerNote,
     User,
 )
@@ -99,16 +99,16 @@ def user_register(*, email: str, password: str, full_name: str, affiliation: str
     except ValidationError:
         raise InvalidInput("Enter a valid email address.", field="email") from None
     if User.objects.filter(email__iexact=email).exists():
-        raise InvalidInput(
-            "An account with this email already exists. Sign in, or reset your password.", field="email"
-        )
+        raise InvalidInput("An account with this email already exists. Sign in, or reset your password.", field="email")
     candidate = User(email=email, full_name=full_name.strip(), affiliation=affiliation.strip())
     try:
         validate_password(password, user=candidate)
     except ValidationError as exc:
         raise InvalidInput(" ".join(exc.messages), field="password") from None
     with transaction.atomic():
-        user = User.objects.create_user(email, password, full_name=candidate.full_name, affiliation=candidate.affiliation)
+        user = User.objects.create_user(
+            email, password, full_name=candidate.full_name, affiliation=candidate.affiliation
+        )
         audit_record(actor=user, action="user.register", target=user, meta=meta, after={"email": email})
         user_send_verification(user=user)
     return user
@@ -155,7 +155,11 @@ def user_update_profile(*, user: User, full_name: str, affiliation: str, meta: R
     user.affiliation = affiliation.strip()
     user.save(update_fields=["full_name", "affiliation"])
     audit_record(
-        actor=user, action="user.update_profile", target=user, meta=meta, before=before,
+        actor=user,
+        action="user.update_profile",
+        target=user,
+        meta=meta,
+        before=before,
         after={"full_name": user.full_name, "affiliation": user.affiliation},
     )
     return user
@@ -191,7 +195,9 @@ def api_key_revoke(*, key: ApiKey, actor: User) -> None:
 # --- License acceptance -----------------------------------------------------------------------
 
 
-def license_accept(*, user: User, release: Release, license_version_id: int | None, meta: RequestMeta) -> LicenseAcceptance:
+def license_accept(
+    *, user: User, release: Release, license_version_id: int | None, meta: RequestMeta
+) -> LicenseAcceptance:
     """Record that `user` accepted the exact license version they were shown for `release`."""
     current = release.license.current_version
     if current is None:
@@ -206,7 +212,10 @@ def license_accept(*, user: User, release: Release, license_version_id: int | No
         user=user, release=release, license_version=current, ip_address=meta.ip, user_agent=meta.user_agent
     )
     audit_record(
-        actor=user, action="license.accept", target=acceptance, meta=meta,
+        actor=user,
+        action="license.accept",
+        target=acceptance,
+        meta=meta,
         after={"release": release.slug, "license_version": current.version},
     )
     return acceptance
@@ -226,9 +235,7 @@ def normalize_publication(value: str) -> str:
     parsed = urlparse(value)
     if parsed.scheme in {"http", "https"} and parsed.netloc and "." in parsed.netloc and " " not in value:
         return value
-    raise InvalidInput(
-        f"{value[:80]!r} is neither a URL (https://…) nor a DOI (10.1234/abcd).", field="publications"
-    )
+    raise InvalidInput(f"{value[:80]!r} is neither a URL (https://…) nor a DOI (10.1234/abcd).", field="publications")
 
 
 @dataclass
@@ -296,7 +303,9 @@ def _ensure_can_apply(*, user: User, release: Release, renewal_of: Grant | None)
     if Application.objects.filter(applicant=user, release=release, status__in=OPEN_STATUSES).exists():
         raise Conflict(f"You already have an open application for {release.name}; follow it on its status page.")
     if renewal_of is None:
-        active = Grant.objects.filter(user=user, release=release, status=GrantStatus.ACTIVE, expires_at__gt=timezone.now())
+        active = Grant.objects.filter(
+            user=user, release=release, status=GrantStatus.ACTIVE, expires_at__gt=timezone.now()
+        )
         if active.exists():
             raise Conflict(f"You already have access to {release.name}. Ask for a renewal when it nears expiry.")
         last_rejection = (
@@ -326,7 +335,9 @@ def application_submit(
         raise exc
     try:
         with transaction.atomic():
-            acceptance = license_accept(user=applicant, release=release, license_version_id=data.license_version_id, meta=meta)
+            acceptance = license_accept(
+                user=applicant, release=release, license_version_id=data.license_version_id, meta=meta
+            )
             application = Application.objects.create(
                 applicant=applicant,
                 release=release,
@@ -346,7 +357,11 @@ def application_submit(
                 submitted_at=timezone.now(),
             )
             audit_record(
-                actor=applicant, action="application.submit", target=application, application=application, meta=meta,
+                actor=applicant,
+                action="application.submit",
+                target=application,
+                application=application,
+                meta=meta,
                 after={"status": application.status, "renewal_of": renewal_of.pk if renewal_of else None},
             )
             _notify_applicant(application, "received")
@@ -429,7 +444,10 @@ def _transition(
     changed = rows.update(status=to, version=F("version") + 1, updated_at=timezone.now(), **updates)
     if changed != 1:
         current = Application.objects.select_related("decided_by").get(pk=application.pk)
-        if current.decided_by is not None and current.status in (ApplicationStatus.APPROVED, ApplicationStatus.REJECTED):
+        if current.decided_by is not None and current.status in (
+            ApplicationStatus.APPROVED,
+            ApplicationStatus.REJECTED,
+        ):
             raise Conflict(
                 f"Application #{current.pk} was already {current.get_status_display().lower()} by "
                 f"{current.decided_by.get_full_name()} at {current.decided_at:%Y-%m-%d %H:%M} UTC. Reload the page."
@@ -442,8 +460,13 @@ def _transition(
         raise Conflict(f"Application #{current.pk} changed since you opened it. Reload the page and try again.")
     application.refresh_from_db()
     audit_record(
-        actor=actor, action=action, target=application, application=application, meta=meta,
-        before=before, after={**_snapshot(application), **{k: _jsonable(v) for k, v in updates.items()}},
+        actor=actor,
+        action=action,
+        target=application,
+        application=application,
+        meta=meta,
+        before=before,
+        after={**_snapshot(application), **{k: _jsonable(v) for k, v in updates.items()}},
     )
     return application
 
@@ -465,8 +488,13 @@ def application_start_review(*, application: Application, reviewer: User, meta: 
     _require_reviewer(reviewer)
     with transaction.atomic():
         application = _transition(
-            application, actor=reviewer, action="application.start_review", to=ApplicationStatus.IN_REVIEW,
-            allowed_from=(ApplicationStatus.SUBMITTED,), meta=meta, reviewer=reviewer,
+            application,
+            actor=reviewer,
+            action="application.start_review",
+            to=ApplicationStatus.IN_REVIEW,
+            allowed_from=(ApplicationStatus.SUBMITTED,),
+            meta=meta,
+            reviewer=reviewer,
         )
         _notify_applicant(application, ApplicationStatus.IN_REVIEW)
     return application
@@ -481,8 +509,14 @@ def application_request_info(
         raise InvalidInput("Write the question the applicant should answer.", field="message")
     with transaction.atomic():
         application = _transition(
-            application, actor=reviewer, action="application.request_info", to=ApplicationStatus.NEEDS_INFO,
-            allowed_from=PENDING_STATUSES, meta=meta, expected_version=expected_version, reviewer=reviewer,
+            application,
+            actor=reviewer,
+            action="application.request_info",
+            to=ApplicationStatus.NEEDS_INFO,
+            allowed_from=PENDING_STATUSES,
+            meta=meta,
+            expected_version=expected_version,
+            reviewer=reviewer,
         )
         ApplicationMessage.objects.create(
             application=application, author=reviewer, kind=ApplicationMessage.Kind.INFO_REQUEST, body=message
@@ -499,8 +533,12 @@ def application_answer(*, application: Application, applicant: User, message: st
         raise InvalidInput("Write your answer before sending it.", field="message")
     with transaction.atomic():
         application = _transition(
-            application, actor=applicant, action="application.answer", to=ApplicationStatus.IN_REVIEW,
-            allowed_from=(ApplicationStatus.NEEDS_INFO,), meta=meta,
+            application,
+            actor=applicant,
+            action="application.answer",
+            to=ApplicationStatus.IN_REVIEW,
+            allowed_from=(ApplicationStatus.NEEDS_INFO,),
+            meta=meta,
         )
         ApplicationMessage.objects.create(
             application=application, author=applicant, kind=ApplicationMessage.Kind.APPLICANT_REPLY, body=message
@@ -531,9 +569,16 @@ def application_approve(
         raise InvalidInput("The grant must expire in the future.", field="expires_at")
     with transaction.atomic():
         application = _transition(
-            application, actor=reviewer, action="application.approve", to=ApplicationStatus.APPROVED,
-            allowed_from=PENDING_STATUSES, meta=meta, expected_version=expected_version,
-            decided_at=now, decided_by=reviewer, reviewer=reviewer,
+            application,
+            actor=reviewer,
+            action="application.approve",
+            to=ApplicationStatus.APPROVED,
+            allowed_from=PENDING_STATUSES,
+            meta=meta,
+            expected_version=expected_version,
+            decided_at=now,
+            decided_by=reviewer,
+            reviewer=reviewer,
         )
         renewed = application.renewal_of
         if renewed is not None and renewed.status == GrantStatus.ACTIVE:
@@ -542,17 +587,33 @@ def application_approve(
             renewed.refresh_from_db()
             grant = renewed
             audit_record(
-                actor=reviewer, action="grant.renew", target=grant, application=application, meta=meta,
-                before=before, after={"expires_at": grant.expires_at.isoformat()},
+                actor=reviewer,
+                action="grant.renew",
+                target=grant,
+                application=application,
+                meta=meta,
+                before=before,
+                after={"expires_at": grant.expires_at.isoformat()},
             )
         else:
             grant = Grant.objects.create(
-                user=application.applicant, release=application.release, application=application,
-                starts_at=now, expires_at=expires_at,
+                user=application.applicant,
+                release=application.release,
+                application=application,
+                starts_at=now,
+                expires_at=expires_at,
             )
             audit_record(
-                actor=reviewer, action="grant.create", target=grant, application=application, meta=meta,
-                after={"user": grant.user_id, "release": application.release.slug, "expires_at": expires_at.isoformat()},
+                actor=reviewer,
+                action="grant.create",
+                target=grant,
+                application=application,
+                meta=meta,
+                after={
+                    "user": grant.user_id,
+                    "release": application.release.slug,
+                    "expires_at": expires_at.isoformat(),
+                },
             )
         _notify_applicant(application, ApplicationStatus.APPROVED, expiry=grant.expires_at)
     return grant
@@ -567,9 +628,17 @@ def application_reject(
         raise InvalidInput("Give the applicant a reason: pick a template or write one.", field="reason")
     with transaction.atomic():
         application = _transition(
-            application, actor=reviewer, action="application.reject", to=ApplicationStatus.REJECTED,
-            allowed_from=PENDING_STATUSES, meta=meta, expected_version=expected_version,
-            decided_at=timezone.now(), decided_by=reviewer, reviewer=reviewer, rejection_reason=reason,
+            application,
+            actor=reviewer,
+            action="application.reject",
+            to=ApplicationStatus.REJECTED,
+            allowed_from=PENDING_STATUSES,
+            meta=meta,
+            expected_version=expected_version,
+            decided_at=timezone.now(),
+            decided_by=reviewer,
+            reviewer=reviewer,
+            rejection_reason=reason,
         )
         _notify_applicant(application, ApplicationStatus.REJECTED)
     return application
@@ -580,8 +649,12 @@ def application_withdraw(*, application: Application, applicant: User, meta: Req
         raise NotAllowed("Only the applicant can withdraw an application.")
     with transaction.atomic():
         application = _transition(
-            application, actor=applicant, action="application.withdraw", to=ApplicationStatus.WITHDRAWN,
-            allowed_from=OPEN_STATUSES, meta=meta,
+            application,
+            actor=applicant,
+            action="application.withdraw",
+            to=ApplicationStatus.WITHDRAWN,
+            allowed_from=OPEN_STATUSES,
+            meta=meta,
         )
         _notify_applicant(application, ApplicationStatus.WITHDRAWN)
     return application
@@ -622,7 +695,10 @@ def applications_bulk_decide(
                 application_approve(application=application, reviewer=reviewer, meta=meta)
             else:
                 application_reject(
-                    application=application, reviewer=reviewer, reason=_fill_placeholders(reason, application), meta=meta
+                    application=application,
+                    reviewer=reviewer,
+                    reason=_fill_placeholders(reason, application),
+                    meta=meta,
                 )
             result.decided.append(application.pk)
         except Conflict as exc:
@@ -644,7 +720,9 @@ def rejection_template_render(*, template: RejectionTemplate, application: Appli
 # --- Grants -----------------------------------------------------------------------------------
 
 
-def grant_request_renewal(*, grant: Grant, user: User, meta: RequestMeta, license_version_id: int | None) -> Application:
+def grant_request_renewal(
+    *, grant: Grant, user: User, meta: RequestMeta, license_version_id: int | None
+) -> Application:
     """A self-service renewal: a new application copied from the last one, marked as a renewal."""
     if grant.user_id != user.pk:
         raise NotAllowed("Only the grant holder can ask to renew it.")
@@ -660,10 +738,17 @@ def grant_request_renewal(*, grant: Grant, user: User, meta: RequestMeta, licens
     if previous is None:
         raise NotAllowed("This grant was made by an operator; ask them to extend it.")
     data = ApplicationInput(
-        full_name=previous.full_name, affiliation=previous.affiliation, organization_type=previous.organization_type,
-        role=previous.role, country=previous.country, research_purpose=previous.research_purpose,
-        intended_use=previous.intended_use, publications=list(previous.publications),
-        license_version_id=license_version_id, non_commercial_attested=True, accept_license=True,
+        full_name=previous.full_name,
+        affiliation=previous.affiliation,
+        organization_type=previous.organization_type,
+        role=previous.role,
+        country=previous.country,
+        research_purpose=previous.research_purpose,
+        intended_use=previous.intended_use,
+        publications=list(previous.publications),
+        license_version_id=license_version_id,
+        non_commercial_attested=True,
+        accept_license=True,
     )
     return application_submit(applicant=user, release=grant.release, data=data, meta=meta, renewal_of=grant)
 
@@ -682,8 +767,13 @@ def grant_revoke(*, grant: Grant, actor: User, reason: str, meta: RequestMeta) -
             raise Conflict(f"Grant #{grant.pk} is already revoked.")
         grant.refresh_from_db()
         audit_record(
-            actor=actor, action="grant.revoke", target=grant, application=grant.application, meta=meta,
-            before={"status": GrantStatus.ACTIVE}, after={"status": GrantStatus.REVOKED, "reason": reason},
+            actor=actor,
+            action="grant.revoke",
+            target=grant,
+            application=grant.application,
+            meta=meta,
+            before={"status": GrantStatus.ACTIVE},
+            after={"status": GrantStatus.REVOKED, "reason": reason},
         )
         notify(
             user=grant.user,
@@ -711,7 +801,9 @@ def grants_remind_expiring(*, now: datetime | None = None) -> int:
     sent = 0
     for grant in due:
         # Claim the reminder first, so two sweepers never send it twice.
-        if not Grant.objects.filter(pk=grant.pk, expiry_reminder_sent_at__isnull=True).update(expiry_reminder_sent_at=now):
+        if not Grant.objects.filter(pk=grant.pk, expiry_reminder_sent_at__isnull=True).update(
+            expiry_reminder_sent_at=now
+        ):
             continue
         notify(
             user=grant.user,

@@ -43,8 +43,9 @@ def sweep_unsent_notifications() -> int:
     """Re-enqueue emails whose task was lost (broker restart, killed worker). Runs periodically."""
     stale = timezone.now() - timezone.timedelta(minutes=5)
     ids = list(
-        Notification.objects.filter(email_sent_at__isnull=True, created_at__lt=stale, email_attempts__lt=8)
-        .values_list("pk", flat=True)[:500]
+        Notification.objects.filter(email_sent_at__isnull=True, created_at__lt=stale, email_attempts__lt=8).values_list(
+            "pk", flat=True
+        )[:500]
     )
     for notification_id in ids:
         send_notification_email.delay(notification_id)

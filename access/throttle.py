@@ -91,7 +91,7 @@ def record_failure(*, email: str, ip: str | None) -> Lockout | None:
         failures = _recent(key, now)
         failures.append(now)
         # Only the newest `limit` failures can ever matter; keep the entry small.
-        cache.set(key, failures[-limits[scope]:], timeout=settings.LOGIN_LOCKOUT_SECONDS)
+        cache.set(key, failures[-limits[scope] :], timeout=settings.LOGIN_LOCKOUT_SECONDS)
     return lockout(email=email, ip=ip)
 
 

@@ -56,8 +56,20 @@ class VerificationJobAdmin(ReadOnlyAdmin):
 
 @admin.register(ReshardJob)
 class ReshardJobAdmin(ReadOnlyAdmin):
-    list_display = ("pk", "source", "target_format", "tp_size", "dtype", "status", "phase", "bytes_done",
-                    "bytes_total", "attempts", "heartbeat_at", "output")
+    list_display = (
+        "pk",
+        "source",
+        "target_format",
+        "tp_size",
+        "dtype",
+        "status",
+        "phase",
+        "bytes_done",
+        "bytes_total",
+        "attempts",
+        "heartbeat_at",
+        "output",
+    )
     list_filter = ("status", "target_format")
     search_fields = ("job_key", "source__variant", "source__release__slug")
 

@@ -45,7 +45,9 @@ def _clean_name(raw: str, line_no: int) -> str:
 
 
 def parse_published_sums(text: str) -> PublishedSums:
-    lines = [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1) if line.strip() and not line.startswith("#")]
+    lines = [
+        (n, line.strip()) for n, line in enumerate(text.splitlines(), 1) if line.strip() and not line.startswith("#")
+    ]
     if not lines:
         raise ChecksumListError("The checksum list is empty.")
     first = lines[0][1]

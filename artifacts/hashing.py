@@ -31,8 +31,9 @@ class HashFailure:
     error: str
 
 
-def hash_stream(stream: IO[bytes], *, on_bytes: Callable[[int], None] | None = None,
-                buffer_size: int = BUFFER_SIZE) -> tuple[str, str, int]:
+def hash_stream(
+    stream: IO[bytes], *, on_bytes: Callable[[int], None] | None = None, buffer_size: int = BUFFER_SIZE
+) -> tuple[str, str, int]:
     """(sha256 hex, md5 hex, bytes read) of everything `stream` yields."""
     sha256 = hashlib.sha256()
     md5 = hashlib.md5(usedforsecurity=False)

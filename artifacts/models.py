@@ -194,7 +194,9 @@ class ReshardJob(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"reshard #{self.pk} {self.source_id} -> {self.target_format} tp{self.tp_size} {self.dtype} ({self.status})"
+        return (
+            f"reshard #{self.pk} {self.source_id} -> {self.target_format} tp{self.tp_size} {self.dtype} ({self.status})"
+        )
 
     @property
     def percent(self) -> float:

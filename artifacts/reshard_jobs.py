@@ -64,11 +64,20 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # Accepted spellings → the dtype name reshard writes (`ConvertResult.dtype`); the short form names variants.
-DTYPES = {"fp16": "float16", "float16": "float16", "bf16": "bfloat16", "bfloat16": "bfloat16",
-          "fp32": "float32", "float32": "float32"}
+DTYPES = {
+    "fp16": "float16",
+    "float16": "float16",
+    "bf16": "bfloat16",
+    "bfloat16": "bfloat16",
+    "fp32": "float32",
+    "float32": "float32",
+}
 SHORT_DTYPES = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
-OUTPUT_FORMATS = {ReshardFormat.NATIVE: CheckpointFormat.NATIVE, ReshardFormat.HF: CheckpointFormat.HF,
-                  ReshardFormat.METASEQ: CheckpointFormat.METASEQ}
+OUTPUT_FORMATS = {
+    ReshardFormat.NATIVE: CheckpointFormat.NATIVE,
+    ReshardFormat.HF: CheckpointFormat.HF,
+    ReshardFormat.METASEQ: CheckpointFormat.METASEQ,
+}
 PROGRESS_INTERVAL_SECONDS = 1.0
 _HASH_CHUNK = 8 * 1024 * 1024
 
@@ -140,11 +149,23 @@ def checkpoint_reshard_jobs(checkpoint: Checkpoint) -> QuerySet[ReshardJob]:
 def reshard_job_progress(job: ReshardJob) -> dict[str, Any]:
     """What the live jobs table and the API show for one job."""
     return {
-        "id": job.pk, "source": job.source_id, "to": job.target_format, "tp": job.tp_size, "dtype": job.dtype,
-        "status": job.status, "phase": job.phase, "bytes_done": job.bytes_done, "bytes_total": job.bytes_total,
-        "tensors_done": job.tensors_done, "tensors_total": job.tensors_total, "percent": round(job.percent, 1),
-        "attempts": job.attempts, "heartbeat_at": job.heartbeat_at.isoformat() if job.heartbeat_at else None,
-        "error": job.error_message, "exit_code": job.exit_code, "output": job.output_id,
+        "id": job.pk,
+        "source": job.source_id,
+        "to": job.target_format,
+        "tp": job.tp_size,
+        "dtype": job.dtype,
+        "status": job.status,
+        "phase": job.phase,
+        "bytes_done": job.bytes_done,
+        "bytes_total": job.bytes_total,
+        "tensors_done": job.tensors_done,
+        "tensors_total": job.tensors_total,
+        "percent": round(job.percent, 1),
+        "attempts": job.attempts,
+        "heartbeat_at": job.heartbeat_at.isoformat() if job.heartbeat_at else None,
+        "error": job.error_message,
+        "exit_code": job.exit_code,
+        "output": job.output_id,
     }
 
 
@@ -188,16 +209,25 @@ def _source_metadata(checkpoint: Checkpoint) -> tuple[ModelConfig | None, str]:
         dtype = str(data.get("dtype") or data.get("torch_dtype") or "")
         return ModelConfig.from_hf(data, name=data.get("_name_or_path") or checkpoint.variant), dtype
     except (StorageError, OSError) as error:
-        raise InvalidInput(f"Could not read config.json of {checkpoint}: {error}. Try again.",
-                           field="checkpoint") from None
+        raise InvalidInput(
+            f"Could not read config.json of {checkpoint}: {error}. Try again.", field="checkpoint"
+        ) from None
     except Exception as error:  # noqa: BLE001 - any parse failure means reshard cannot read it either
-        raise InvalidInput(f"{checkpoint} cannot be converted: its config.json does not describe a model reshard "
-                           f"knows ({error}).", field="checkpoint") from None
+        raise InvalidInput(
+            f"{checkpoint} cannot be converted: its config.json does not describe a model reshard knows ({error}).",
+            field="checkpoint",
+        ) from None
 
 
 def reshard_job_create(
-    *, checkpoint: Checkpoint, to: str, tp: int | None = None, dtype: str | None = None, actor: User,
-    meta: RequestMeta, dispatch: bool = True,
+    *,
+    checkpoint: Checkpoint,
+    to: str,
+    tp: int | None = None,
+    dtype: str | None = None,
+    actor: User,
+    meta: RequestMeta,
+    dispatch: bool = True,
 ) -> ReshardRequest:
     """Queue the conversion of `checkpoint` to format `to` with `tp` parts in `dtype`.
 
@@ -213,14 +243,18 @@ def reshard_job_create(
     if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1:
         raise InvalidInput(f"tp {tp!r}: give a positive whole number of tensor-parallel parts.", field="tp")
     if to == ReshardFormat.HF and tp != 1:
-        raise InvalidInput(f"tp {tp}: transformers checkpoints are not tensor-parallel; set tp to 1 "
-                           "(or convert to native or metaseq for tp > 1).", field="tp")
+        raise InvalidInput(
+            f"tp {tp}: transformers checkpoints are not tensor-parallel; set tp to 1 "
+            "(or convert to native or metaseq for tp > 1).",
+            field="tp",
+        )
     if dtype and dtype not in DTYPES:
         raise InvalidInput(f"dtype {dtype!r}: use one of fp16, bf16, fp32.", field="dtype")
     if checkpoint.state != CheckpointState.READY:
         raise InvalidInput(
             f"{checkpoint} is {checkpoint.get_state_display().lower()}; conversions start from ready checkpoints "
-            "(verify it first).", field="checkpoint",
+            "(verify it first).",
+            field="checkpoint",
         )
     config, config_dtype = _source_metadata(checkpoint)
     wanted_dtype = dtype or checkpoint.dtype or config_dtype
@@ -233,8 +267,10 @@ def reshard_job_create(
         except ValueError as error:
             raise InvalidInput(f"tp {tp}: {error}.", field="tp") from None
         if to == ReshardFormat.METASEQ and config.family != "opt":
-            raise InvalidInput(f"metaseq holds OPT models only; {checkpoint} is a {config.family} model. "
-                               "Convert to native or hf.", field="to")
+            raise InvalidInput(
+                f"metaseq holds OPT models only; {checkpoint} is a {config.family} model. Convert to native or hf.",
+                field="to",
+            )
 
     key = job_key(checkpoint, to=to, tp=tp, dtype=dtype)
     existing = ReshardJob.objects.filter(job_key=key).exclude(status=ReshardStatus.FAILED).first()
@@ -242,21 +278,32 @@ def reshard_job_create(
         return ReshardRequest(existing, created=False)
     variant = output_variant(checkpoint, to=to, tp=tp, dtype=dtype)
     if len(variant) > 100:
-        raise InvalidInput(f"The output variant {variant!r} would be longer than 100 characters; import the "
-                           "source under a shorter variant first.", field="checkpoint")
+        raise InvalidInput(
+            f"The output variant {variant!r} would be longer than 100 characters; import the "
+            "source under a shorter variant first.",
+            field="checkpoint",
+        )
     taken = Checkpoint.objects.filter(release=checkpoint.release, variant=variant).first()
     if taken is not None:
-        raise Conflict(f"{taken} already exists, so the output has no name; retire or rename it first.",
-                       field="to")
+        raise Conflict(f"{taken} already exists, so the output has no name; retire or rename it first.", field="to")
 
     try:
         with transaction.atomic():
             job = ReshardJob.objects.create(
-                source=checkpoint, target_format=to, tp_size=tp, dtype=dtype, job_key=key,
+                source=checkpoint,
+                target_format=to,
+                tp_size=tp,
+                dtype=dtype,
+                job_key=key,
                 requested_by=actor if actor.is_authenticated else None,
             )
-            audit_record(actor=actor, action="checkpoint.reshard_request", target=checkpoint, meta=meta,
-                         after={"job": job.pk, "to": to, "tp": tp, "dtype": dtype})
+            audit_record(
+                actor=actor,
+                action="checkpoint.reshard_request",
+                target=checkpoint,
+                meta=meta,
+                after={"job": job.pk, "to": to, "tp": tp, "dtype": dtype},
+            )
     except IntegrityError:
         # Someone asked for the same conversion a moment earlier.
         existing = ReshardJob.objects.filter(job_key=key).exclude(status=ReshardStatus.FAILED).first()
@@ -317,8 +364,13 @@ class _Tracker:
         if tensors_done < tensors_total and now - self._last < PROGRESS_INTERVAL_SECONDS:
             return
         self._last = now
-        if not _fenced(self.job).update(bytes_done=bytes_done, bytes_total=bytes_total, tensors_done=tensors_done,
-                                        tensors_total=tensors_total, heartbeat_at=timezone.now()):
+        if not _fenced(self.job).update(
+            bytes_done=bytes_done,
+            bytes_total=bytes_total,
+            tensors_done=tensors_done,
+            tensors_total=tensors_total,
+            heartbeat_at=timezone.now(),
+        ):
             raise _Superseded  # stop converting: another attempt owns the job
 
 
@@ -330,11 +382,24 @@ def reshard_job_run(*, job_id: int) -> ReshardJob | None:
     """
     now = timezone.now()
     stale = now - timedelta(seconds=stale_seconds())
-    claimed = ReshardJob.objects.filter(pk=job_id).filter(
-        Q(status=ReshardStatus.QUEUED) | Q(status=ReshardStatus.RUNNING, heartbeat_at__lt=stale,
-                                            attempts__lt=max_attempts())
-    ).update(status=ReshardStatus.RUNNING, started_at=now, heartbeat_at=now, attempts=F("attempts") + 1,
-             error_message="", exit_code=None, phase="", bytes_done=0, tensors_done=0)
+    claimed = (
+        ReshardJob.objects.filter(pk=job_id)
+        .filter(
+            Q(status=ReshardStatus.QUEUED)
+            | Q(status=ReshardStatus.RUNNING, heartbeat_at__lt=stale, attempts__lt=max_attempts())
+        )
+        .update(
+            status=ReshardStatus.RUNNING,
+            started_at=now,
+            heartbeat_at=now,
+            attempts=F("attempts") + 1,
+            error_message="",
+            exit_code=None,
+            phase="",
+            bytes_done=0,
+            tensors_done=0,
+        )
+    )
     job = ReshardJob.objects.select_related("source__release").filter(pk=job_id).first()
     if job is None or not claimed:
         return job
@@ -346,7 +411,9 @@ def reshard_job_run(*, job_id: int) -> ReshardJob | None:
         with tracker:
             _run_claimed(job, work, tracker)
     except _Superseded:
-        log.info("reshard job %s: attempt %s lost its claim; leaving the job to the newer attempt", job.pk, job.attempts)
+        log.info(
+            "reshard job %s: attempt %s lost its claim; leaving the job to the newer attempt", job.pk, job.attempts
+        )
     except reshard.ReshardError as error:
         _fail(job, str(error), exit_code=error.exit_code, work=work, tracker=tracker)
     except _Permanent as error:
@@ -354,12 +421,21 @@ def reshard_job_run(*, job_id: int) -> ReshardJob | None:
     except (OSError, StorageError) as error:
         message = f"attempt {job.attempts}: {type(error).__name__}: {error}"
         if job.attempts >= max_attempts():
-            _fail(job, f"Gave up after {job.attempts} attempts; last fault: {message}", exit_code=1, work=work,
-                  tracker=tracker)
+            _fail(
+                job,
+                f"Gave up after {job.attempts} attempts; last fault: {message}",
+                exit_code=1,
+                work=work,
+                tracker=tracker,
+            )
         else:
             delay = retry_delay(job.attempts)
-            _fenced(job).update(status=ReshardStatus.QUEUED, heartbeat_at=timezone.now(), phase="",
-                                error_message=f"Transient fault, retrying in {delay} s ({message}).")
+            _fenced(job).update(
+                status=ReshardStatus.QUEUED,
+                heartbeat_at=timezone.now(),
+                phase="",
+                error_message=f"Transient fault, retrying in {delay} s ({message}).",
+            )
             job.refresh_from_db()
             raise RetryLater(message, seconds=delay) from error
     except Exception as error:
@@ -372,10 +448,21 @@ def reshard_job_run(*, job_id: int) -> ReshardJob | None:
 
 def _fail(job: ReshardJob, message: str, *, exit_code: int, work: Path, tracker: _Tracker) -> None:
     now = timezone.now()
-    if _fenced(job).update(status=ReshardStatus.FAILED, error_message=message, exit_code=exit_code,
-                           finished_at=now, heartbeat_at=now, phase=""):
-        audit_record(actor=None, action="checkpoint.reshard_fail", target=job.source, meta=SYSTEM,
-                     after={"job": job.pk, "exit_code": exit_code, "error": message[:2000]})
+    if _fenced(job).update(
+        status=ReshardStatus.FAILED,
+        error_message=message,
+        exit_code=exit_code,
+        finished_at=now,
+        heartbeat_at=now,
+        phase="",
+    ):
+        audit_record(
+            actor=None,
+            action="checkpoint.reshard_fail",
+            target=job.source,
+            meta=SYSTEM,
+            after={"job": job.pk, "exit_code": exit_code, "error": message[:2000]},
+        )
         shutil.rmtree(work, ignore_errors=True)
         # Objects this attempt stored have no rows (nothing serves them); remove them anyway.
         storage = get_storage()
@@ -392,12 +479,17 @@ def _run_claimed(job: ReshardJob, work: Path, tracker: _Tracker) -> None:
 
     source = Checkpoint.objects.select_related("release").get(pk=job.source_id)
     if source.state != CheckpointState.READY:
-        raise _Permanent(f"{source} is {source.get_state_display().lower()} now; conversions start from ready "
-                         "checkpoints. Verify it, then submit the conversion again.", exit_code=3)
+        raise _Permanent(
+            f"{source} is {source.get_state_display().lower()} now; conversions start from ready "
+            "checkpoints. Verify it, then submit the conversion again.",
+            exit_code=3,
+        )
     variant = output_variant(source, to=job.target_format, tp=job.tp_size, dtype=job.dtype)
     if Checkpoint.objects.filter(release=source.release, variant=variant).exists():
-        raise _Permanent(f"{source.release.slug}/{variant} already exists; retire or rename it, then submit the "
-                         "conversion again.", exit_code=2)
+        raise _Permanent(
+            f"{source.release.slug}/{variant} already exists; retire or rename it, then submit the conversion again.",
+            exit_code=2,
+        )
     rows = list(source.files.order_by("path"))
 
     tracker.phase("materialising")
@@ -408,8 +500,9 @@ def _run_claimed(job: ReshardJob, work: Path, tracker: _Tracker) -> None:
     tracker.phase("converting")
     out_dir = work / "output"
     shutil.rmtree(out_dir, ignore_errors=True)  # a finished output of a crashed attempt: convert again (same bytes)
-    result = reshard.convert(src_dir, out_dir, to=job.target_format, tp=job.tp_size, dtype=job.dtype,
-                             progress=tracker.progress)
+    result = reshard.convert(
+        src_dir, out_dir, to=job.target_format, tp=job.tp_size, dtype=job.dtype, progress=tracker.progress
+    )
 
     tracker.phase("verifying")
     source_bytes = sum(row.size for row in rows)
@@ -427,23 +520,40 @@ def _run_claimed(job: ReshardJob, work: Path, tracker: _Tracker) -> None:
             reader = _HashingReader(handle)
             storage.write_stream(key, reader, size=info.size)  # type: ignore[arg-type]
         if reader.sha256.hexdigest() != info.sha256:
-            raise OSError(f"{info.path} changed on the work disk while it was stored; its sha256 no longer matches "
-                          "the conversion's manifest")
+            raise OSError(
+                f"{info.path} changed on the work disk while it was stored; its sha256 no longer matches "
+                "the conversion's manifest"
+            )
         stored.append((info.path, info.size, info.sha256, reader.md5.hexdigest()))
         _fenced(job).update(heartbeat_at=timezone.now())
 
     report = {
-        "seconds": result.seconds, "parameter_count": result.parameter_count, "source_format": result.source_format,
-        "architecture": result.architecture, "files": len(stored), "bytes": sum(size for _, size, _, _ in stored),
-        "verified": {"files_checked": verified.files_checked, "numerics": verified.numerics,
-                     "numerics_skipped": None if numerics else f"source larger than {_numerics_max_bytes()} bytes"},
+        "seconds": result.seconds,
+        "parameter_count": result.parameter_count,
+        "source_format": result.source_format,
+        "architecture": result.architecture,
+        "files": len(stored),
+        "bytes": sum(size for _, size, _, _ in stored),
+        "verified": {
+            "files_checked": verified.files_checked,
+            "numerics": verified.numerics,
+            "numerics_skipped": None if numerics else f"source larger than {_numerics_max_bytes()} bytes",
+        },
     }
     _publish(job, source, variant=variant, prefix=prefix, result=result, stored=stored, report=report)
     shutil.rmtree(work, ignore_errors=True)
 
 
-def _publish(job: ReshardJob, source: Checkpoint, *, variant: str, prefix: str, result: Any,
-             stored: list[tuple[str, int, str, str]], report: dict[str, Any]) -> None:
+def _publish(
+    job: ReshardJob,
+    source: Checkpoint,
+    *,
+    variant: str,
+    prefix: str,
+    result: Any,
+    stored: list[tuple[str, int, str, str]],
+    report: dict[str, Any],
+) -> None:
     """The one moment the output becomes visible: checkpoint, files and the job's success commit together."""
     now = timezone.now()
     with transaction.atomic():
@@ -451,27 +561,56 @@ def _publish(job: ReshardJob, source: Checkpoint, *, variant: str, prefix: str, 
             raise _Superseded
         conversion = f"{job.target_format}, tp {result.tp}, {result.dtype}"
         checkpoint = Checkpoint.objects.create(
-            release=source.release, variant=variant, format=OUTPUT_FORMATS[ReshardFormat(job.target_format)],
-            tp_size=result.tp, dtype=result.dtype, state=CheckpointState.READY, verified_at=now,
+            release=source.release,
+            variant=variant,
+            format=OUTPUT_FORMATS[ReshardFormat(job.target_format)],
+            tp_size=result.tp,
+            dtype=result.dtype,
+            state=CheckpointState.READY,
+            verified_at=now,
             state_reason=f"Produced and verified by reshard job #{job.pk}: {len(stored)} files.",
             label=f"{source.label or source.variant} → {conversion}"[:200],
             description=f"Converted from {source} ({source.get_format_display()}) by reshard job #{job.pk} "
-                        f"to {conversion}.",
-            derived_from=source, produced_by_job={"kind": "reshard", "id": job.pk},
-            source_uri=f"reshard-job:{job.pk}", storage_prefix=prefix,
+            f"to {conversion}.",
+            derived_from=source,
+            produced_by_job={"kind": "reshard", "id": job.pk},
+            source_uri=f"reshard-job:{job.pk}",
+            storage_prefix=prefix,
         )
-        CheckpointFile.objects.bulk_create([
-            CheckpointFile(
-                checkpoint=checkpoint, path=path, size=size, sha256=sha256, md5=md5, expected_sha256=sha256,
-                expected_md5=md5, expected_source=ChecksumSource.FIRST_VERIFICATION, storage_key=f"{prefix}/{path}",
-                verified_at=now,
-            )
-            for path, size, sha256, md5 in stored
-        ])
-        _fenced(job).update(status=ReshardStatus.SUCCEEDED, output=checkpoint, finished_at=now, heartbeat_at=now,
-                            phase="", bytes_done=F("bytes_total"), tensors_done=F("tensors_total"), report=report)
-        audit_record(actor=None, action="checkpoint.reshard", target=checkpoint, meta=SYSTEM,
-                     after={"job": job.pk, "source": source.pk, "files": len(stored)})
+        CheckpointFile.objects.bulk_create(
+            [
+                CheckpointFile(
+                    checkpoint=checkpoint,
+                    path=path,
+                    size=size,
+                    sha256=sha256,
+                    md5=md5,
+                    expected_sha256=sha256,
+                    expected_md5=md5,
+                    expected_source=ChecksumSource.FIRST_VERIFICATION,
+                    storage_key=f"{prefix}/{path}",
+                    verified_at=now,
+                )
+                for path, size, sha256, md5 in stored
+            ]
+        )
+        _fenced(job).update(
+            status=ReshardStatus.SUCCEEDED,
+            output=checkpoint,
+            finished_at=now,
+            heartbeat_at=now,
+            phase="",
+            bytes_done=F("bytes_total"),
+            tensors_done=F("tensors_total"),
+            report=report,
+        )
+        audit_record(
+            actor=None,
+            action="checkpoint.reshard",
+            target=checkpoint,
+            meta=SYSTEM,
+            after={"job": job.pk, "source": source.pk, "files": len(stored)},
+        )
 
 
 class _HashingReader:
@@ -533,21 +672,31 @@ def reshard_jobs_reap_stale(*, now: datetime | None = None, dispatch: bool = Tru
     """Running jobs whose worker stopped beating: queue them again (the retry converts from scratch and
     gets the same bytes), or fail them once they used `ARTIFACTS_RESHARD_MAX_ATTEMPTS` attempts."""
     now = now or timezone.now()
-    stale = ReshardJob.objects.filter(status=ReshardStatus.RUNNING,
-                                      heartbeat_at__lt=now - timedelta(seconds=stale_seconds()))
+    stale = ReshardJob.objects.filter(
+        status=ReshardStatus.RUNNING, heartbeat_at__lt=now - timedelta(seconds=stale_seconds())
+    )
     reaped = 0
     for job in stale:
-        unchanged = ReshardJob.objects.filter(pk=job.pk, status=ReshardStatus.RUNNING, heartbeat_at=job.heartbeat_at,
-                                              attempts=job.attempts)
+        unchanged = ReshardJob.objects.filter(
+            pk=job.pk, status=ReshardStatus.RUNNING, heartbeat_at=job.heartbeat_at, attempts=job.attempts
+        )
         if job.attempts >= max_attempts():
-            if unchanged.update(status=ReshardStatus.FAILED, finished_at=now, phase="", exit_code=1,
-                                error_message=f"The worker stopped sending heartbeats ({job.attempts} attempts); "
-                                              "submit the conversion again."):
+            if unchanged.update(
+                status=ReshardStatus.FAILED,
+                finished_at=now,
+                phase="",
+                exit_code=1,
+                error_message=f"The worker stopped sending heartbeats ({job.attempts} attempts); "
+                "submit the conversion again.",
+            ):
                 shutil.rmtree(work_root() / f"job-{job.pk}", ignore_errors=True)
                 reaped += 1
             continue
-        if unchanged.update(status=ReshardStatus.QUEUED, phase="",
-                            error_message=f"Attempt {job.attempts} stopped sending heartbeats; queued again."):
+        if unchanged.update(
+            status=ReshardStatus.QUEUED,
+            phase="",
+            error_message=f"Attempt {job.attempts} stopped sending heartbeats; queued again.",
+        ):
             reaped += 1
             if dispatch:
                 from artifacts.tasks import run_reshard_job

@@ -95,8 +95,9 @@ def checkpoint_download_counts() -> dict[int, dict[str, Any]]:
     """Per checkpoint: full-file equivalents served, requests, distinct users, bytes."""
     rows = (
         DownloadEvent.objects.values("file__checkpoint_id")
-        .annotate(requests=Count("pk"), users=Count("user", distinct=True), bytes=Sum("bytes_served"),
-                  last=Max("created_at"))
+        .annotate(
+            requests=Count("pk"), users=Count("user", distinct=True), bytes=Sum("bytes_served"), last=Max("created_at")
+        )
         .order_by()
     )
     return {row["file__checkpoint_id"]: row for row in rows}
@@ -122,8 +123,11 @@ def downloads_by_grant() -> list[GrantDownloads]:
     grants = Grant.objects.in_bulk([row["grant_id"] for row in rows if row["grant_id"]])
     return [
         GrantDownloads(
-            grant=grants.get(row["grant_id"]), user_email=row["user__email"],
-            release_name=row["file__checkpoint__release__name"], files=row["files"], bytes=row["bytes"] or 0,
+            grant=grants.get(row["grant_id"]),
+            user_email=row["user__email"],
+            release_name=row["file__checkpoint__release__name"],
+            files=row["files"],
+            bytes=row["bytes"] or 0,
             last_activity=row["last"],
         )
         for row in rows

@@ -92,7 +92,9 @@ def checkpoint_import(
     paths = [item.path for item in source.files]
     if fmt:
         if fmt not in CheckpointFormat.values:
-            raise InvalidInput(f"Unknown format {fmt!r}; use one of {', '.join(CheckpointFormat.values)}.", field="format")
+            raise InvalidInput(
+                f"Unknown format {fmt!r}; use one of {', '.join(CheckpointFormat.values)}.", field="format"
+            )
     else:
         try:
             fmt = detect_format(paths, read_text=source.read_text)
@@ -147,7 +149,8 @@ def checkpoint_import(
 
     with transaction.atomic():
         checkpoint, created = Checkpoint.objects.select_for_update().get_or_create(
-            release=release, variant=variant,
+            release=release,
+            variant=variant,
             defaults={"format": fmt, "storage_prefix": prefix, "source_uri": source.uri},
         )
         old_files = {f.path: f for f in checkpoint.files.all()}
@@ -155,10 +158,14 @@ def checkpoint_import(
         if gone and DownloadEvent.objects.filter(file__in=[old_files[p] for p in gone]).exists():
             raise Conflict(
                 f"{checkpoint} was downloaded and {len(gone)} of its files are missing from {source.uri}; "
-                "import the new file set under a new --variant.", field="variant",
+                "import the new file set under a new --variant.",
+                field="variant",
             )
         changed = (
-            created or bool(gone) or bool(result.copied) or published is not None
+            created
+            or bool(gone)
+            or bool(result.copied)
+            or published is not None
             or checkpoint.state != CheckpointState.READY
             or any(item.path not in old_files or old_files[item.path].size != item.size for item in source.files)
         )
@@ -172,11 +179,20 @@ def checkpoint_import(
             fresh = row is None or row.size != item.size or item.path in result.copied
             values: dict[str, Any] = {"size": item.size, "storage_key": f"{prefix}/{item.path}", "error": ""}
             if fresh:
-                values.update(sha256="", md5="", verified_at=None, expected_sha256="", expected_md5="",
-                              expected_source=ChecksumSource.NONE)
+                values.update(
+                    sha256="",
+                    md5="",
+                    verified_at=None,
+                    expected_sha256="",
+                    expected_md5="",
+                    expected_source=ChecksumSource.NONE,
+                )
             if sums:
-                values.update(expected_sha256=sums.get("sha256", ""), expected_md5=sums.get("md5", ""),
-                              expected_source=ChecksumSource.PUBLISHED)
+                values.update(
+                    expected_sha256=sums.get("sha256", ""),
+                    expected_md5=sums.get("md5", ""),
+                    expected_source=ChecksumSource.PUBLISHED,
+                )
             CheckpointFile.objects.update_or_create(checkpoint=checkpoint, path=item.path, defaults=values)
         checkpoint.format = fmt
         checkpoint.tp_size = detect_tp_size(fmt, paths)
@@ -188,13 +204,24 @@ def checkpoint_import(
         checkpoint.state = CheckpointState.REGISTERED
         checkpoint.state_reason = "Imported; waiting for verification."
         if published is not None:
-            checkpoint.published_checksums = {"kind": published.kind, "unmatched": unmatched,
-                                              "listed": len(published.names())}
+            checkpoint.published_checksums = {
+                "kind": published.kind,
+                "unmatched": unmatched,
+                "listed": len(published.names()),
+            }
         checkpoint.save()
         audit_record(
-            actor=actor, action="checkpoint.import", target=checkpoint, meta=SYSTEM,
-            after={"source": source.uri, "format": fmt, "files": len(paths), "copied": len(result.copied),
-                   "published_list": published.kind if published else None},
+            actor=actor,
+            action="checkpoint.import",
+            target=checkpoint,
+            meta=SYSTEM,
+            after={
+                "source": source.uri,
+                "format": fmt,
+                "files": len(paths),
+                "copied": len(result.copied),
+                "published_list": published.kind if published else None,
+            },
         )
         result.checkpoint = checkpoint
         if enqueue:
@@ -205,7 +232,9 @@ def checkpoint_import(
 # --- Verification -----------------------------------------------------------------------------
 
 
-def verification_enqueue(*, checkpoint: Checkpoint, actor: User | None = None, dispatch: bool = True) -> VerificationJob:
+def verification_enqueue(
+    *, checkpoint: Checkpoint, actor: User | None = None, dispatch: bool = True
+) -> VerificationJob:
     """Queue a verification pass; with one already queued or running, return that one instead."""
     if checkpoint.state == CheckpointState.RETIRED:
         raise Conflict(f"{checkpoint} is retired; it is not verified any more.")
@@ -215,7 +244,8 @@ def verification_enqueue(*, checkpoint: Checkpoint, actor: User | None = None, d
         if active is not None:
             return active
         job = VerificationJob.objects.create(
-            checkpoint=checkpoint, requested_by=actor if actor is not None and actor.is_authenticated else None,
+            checkpoint=checkpoint,
+            requested_by=actor if actor is not None and actor.is_authenticated else None,
             files_total=checkpoint.files.count(),
             bytes_total=checkpoint.files.aggregate(total=Sum("size"))["total"] or 0,
         )
@@ -234,23 +264,31 @@ def verification_run(*, job_id: int, workers: int | None = None) -> Verification
     """
     now = timezone.now()
     stale = now - timedelta(seconds=settings.ARTIFACTS_VERIFY_STALE_SECONDS)
-    claimed = VerificationJob.objects.filter(pk=job_id).filter(
-        Q(status=JobStatus.QUEUED) | Q(status=JobStatus.RUNNING, heartbeat_at__lt=stale)
-    ).update(status=JobStatus.RUNNING, started_at=now, heartbeat_at=now, attempts=F("attempts") + 1,
-             bytes_hashed=0, files_done=0)
+    claimed = (
+        VerificationJob.objects.filter(pk=job_id)
+        .filter(Q(status=JobStatus.QUEUED) | Q(status=JobStatus.RUNNING, heartbeat_at__lt=stale))
+        .update(
+            status=JobStatus.RUNNING,
+            started_at=now,
+            heartbeat_at=now,
+            attempts=F("attempts") + 1,
+            bytes_hashed=0,
+            files_done=0,
+        )
+    )
     job = VerificationJob.objects.select_related("checkpoint__release").filter(pk=job_id).first()
     if job is None or not claimed:
         return job
     checkpoint = job.checkpoint
-    if not Checkpoint.objects.filter(pk=checkpoint.pk).exclude(state=CheckpointState.RETIRED).update(
-        state=CheckpointState.VERIFYING, state_reason=f"Verification #{job.pk} running."
+    if (
+        not Checkpoint.objects.filter(pk=checkpoint.pk)
+        .exclude(state=CheckpointState.RETIRED)
+        .update(state=CheckpointState.VERIFYING, state_reason=f"Verification #{job.pk} running.")
     ):
         _finish_job(job, JobStatus.ERROR, {"error": "The checkpoint was retired before verification started."})
         return job
     files = list(checkpoint.files.order_by("path"))
-    VerificationJob.objects.filter(pk=job.pk).update(
-        files_total=len(files), bytes_total=sum(f.size for f in files)
-    )
+    VerificationJob.objects.filter(pk=job.pk).update(files_total=len(files), bytes_total=sum(f.size for f in files))
     storage = get_storage()
     last_beat = [time.monotonic()]
 
@@ -272,7 +310,8 @@ def verification_run(*, job_id: int, workers: int | None = None) -> Verification
     except Exception as error:
         # A time limit or a crash of the pool: the bytes were not judged, so no quarantine.
         Checkpoint.objects.filter(pk=checkpoint.pk, state=CheckpointState.VERIFYING).update(
-            state=CheckpointState.REGISTERED, state_reason=f"Verification #{job.pk} did not finish: {error}. Verify again.",
+            state=CheckpointState.REGISTERED,
+            state_reason=f"Verification #{job.pk} did not finish: {error}. Verify again.",
         )
         _finish_job(job, JobStatus.ERROR, {"error": f"{type(error).__name__}: {error}"})
         raise
@@ -321,8 +360,17 @@ def verification_run(*, job_id: int, workers: int | None = None) -> Verification
                 row.expected_source = row.expected_source or ChecksumSource.FIRST_VERIFICATION
                 row.expected_sha256 = row.expected_sha256 or digest.sha256
                 row.expected_md5 = row.expected_md5 or digest.md5
-            row.save(update_fields=["sha256", "md5", "error", "verified_at", "expected_sha256", "expected_md5",
-                                    "expected_source"])
+            row.save(
+                update_fields=[
+                    "sha256",
+                    "md5",
+                    "error",
+                    "verified_at",
+                    "expected_sha256",
+                    "expected_md5",
+                    "expected_source",
+                ]
+            )
         for failure in failures:
             CheckpointFile.objects.filter(pk=by_path[failure.name].pk).update(
                 error="; ".join(problems[failure.name]), verified_at=None
@@ -337,21 +385,32 @@ def verification_run(*, job_id: int, workers: int | None = None) -> Verification
             action = "checkpoint.quarantine"
         else:
             Checkpoint.objects.filter(pk=checkpoint.pk, state=CheckpointState.VERIFYING).update(
-                state=CheckpointState.READY, verified_at=finished,
+                state=CheckpointState.READY,
+                verified_at=finished,
                 state_reason=f"Verified by #{job.pk}: {len(digests)} files, {report['bytes']} bytes.",
             )
             _finish_job(job, JobStatus.SUCCEEDED, report, progress=(len(files), report["bytes"]))
             action = "checkpoint.verify"
-        audit_record(actor=None, action=action, target=checkpoint, meta=SYSTEM,
-                     after={"job": job.pk, "bad_files": bad_files[:20]})
+        audit_record(
+            actor=None,
+            action=action,
+            target=checkpoint,
+            meta=SYSTEM,
+            after={"job": job.pk, "bad_files": bad_files[:20]},
+        )
     job.refresh_from_db()
     return job
 
 
-def _finish_job(job: VerificationJob, status: str, report: dict[str, Any],
-                progress: tuple[int, int] | None = None) -> None:
-    values: dict[str, Any] = {"status": status, "report": report, "finished_at": timezone.now(),
-                              "heartbeat_at": timezone.now()}
+def _finish_job(
+    job: VerificationJob, status: str, report: dict[str, Any], progress: tuple[int, int] | None = None
+) -> None:
+    values: dict[str, Any] = {
+        "status": status,
+        "report": report,
+        "finished_at": timezone.now(),
+        "heartbeat_at": timezone.now(),
+    }
     if progress:
         values.update(files_done=progress[0], bytes_hashed=progress[1])
     VerificationJob.objects.filter(pk=job.pk).update(**values)
@@ -415,8 +474,12 @@ class Bundle:
         return {
             "release": checkpoint.release.slug,
             "checkpoint": {
-                "id": checkpoint.pk, "variant": checkpoint.variant, "format": checkpoint.format,
-                "tp_size": checkpoint.tp_size, "dtype": checkpoint.dtype, "label": checkpoint.label,
+                "id": checkpoint.pk,
+                "variant": checkpoint.variant,
+                "format": checkpoint.format,
+                "tp_size": checkpoint.tp_size,
+                "dtype": checkpoint.dtype,
+                "label": checkpoint.label,
             },
             "user": self.user.email,
             "grant_id": self.grant_id or None,
@@ -424,8 +487,13 @@ class Bundle:
             "expires_at": self.expires_at.isoformat(),
             "renewal_url": self.renewal_url,
             "files": [
-                {"path": link.file.path, "size": link.file.size, "sha256": link.file.sha256, "md5": link.file.md5,
-                 "url": link.url}
+                {
+                    "path": link.file.path,
+                    "size": link.file.size,
+                    "sha256": link.file.sha256,
+                    "md5": link.file.md5,
+                    "url": link.url,
+                }
                 for link in self.links
             ],
         }
@@ -435,8 +503,15 @@ class Bundle:
 
 
 def links_issue(
-    *, user: User, checkpoint: Checkpoint, base_url: str, link_url: Callable[[str], str],
-    renewal_url: str, meta: RequestMeta, now: datetime | None = None, record: bool = True,
+    *,
+    user: User,
+    checkpoint: Checkpoint,
+    base_url: str,
+    link_url: Callable[[str], str],
+    renewal_url: str,
+    meta: RequestMeta,
+    now: datetime | None = None,
+    record: bool = True,
 ) -> Bundle:
     """Fresh signed links to every file of a ready checkpoint for a user allowed to use its release.
 
@@ -454,11 +529,23 @@ def links_issue(
     for row in checkpoint.files.order_by("path"):
         token, expires_at = sign_link(file_id=row.pk, user_id=user.pk, grant_id=grant_id, now=now)
         links.append(FileLink(file=row, url=base_url.rstrip("/") + link_url(token), expires_at=expires_at))
-    bundle = Bundle(checkpoint=checkpoint, user=user, grant_id=grant_id, issued_at=now, expires_at=expires_at,
-                    renewal_url=base_url.rstrip("/") + renewal_url, links=links)
+    bundle = Bundle(
+        checkpoint=checkpoint,
+        user=user,
+        grant_id=grant_id,
+        issued_at=now,
+        expires_at=expires_at,
+        renewal_url=base_url.rstrip("/") + renewal_url,
+        links=links,
+    )
     if record:
-        audit_record(actor=user, action="download.links_issue", target=checkpoint, meta=meta,
-                     after={"grant": grant_id or None, "files": len(links), "expires_at": expires_at.isoformat()})
+        audit_record(
+            actor=user,
+            action="download.links_issue",
+            target=checkpoint,
+            meta=meta,
+            after={"grant": grant_id or None, "files": len(links), "expires_at": expires_at.isoformat()},
+        )
     return bundle
 
 
@@ -522,7 +609,8 @@ def render_download_script(bundle: Bundle) -> str:
     files = "".join(f"{link.file.size} {link.file.path} {link.url}\n" for link in bundle.links)
     checkpoint = bundle.checkpoint
     return _SCRIPT.format(
-        label=f"{checkpoint.release.name} / {checkpoint.variant}" + (f" ({checkpoint.label})" if checkpoint.label else ""),
+        label=f"{checkpoint.release.name} / {checkpoint.variant}"
+        + (f" ({checkpoint.label})" if checkpoint.label else ""),
         user=bundle.user.email,
         issued=bundle.issued_at.strftime("%Y-%m-%d %H:%M UTC"),
         expires=bundle.expires_at.strftime("%Y-%m-%d %H:%M UTC"),
@@ -539,8 +627,9 @@ def render_download_script(bundle: Bundle) -> str:
 class DownloadRefused(Exception):
     """A link was not honoured. `code` is stable for clients; the message is for people."""
 
-    def __init__(self, code: str, status: int, message: str, *, renewal_url: str | None = None,
-                 size: int | None = None) -> None:
+    def __init__(
+        self, code: str, status: int, message: str, *, renewal_url: str | None = None, size: int | None = None
+    ) -> None:
         super().__init__(message)
         self.code, self.status, self.message = code, status, message
         self.renewal_url, self.size = renewal_url, size
@@ -575,34 +664,47 @@ def download_redeem(
     try:
         claims = read_link(token)
     except BadSignature:
-        raise DownloadRefused("link_invalid", 403, "This download link is not valid (it was changed or cut short); "
-                              "copy it again from your download page.") from None
+        raise DownloadRefused(
+            "link_invalid",
+            403,
+            "This download link is not valid (it was changed or cut short); copy it again from your download page.",
+        ) from None
     if request_user is not None and request_user.is_authenticated and request_user.pk != claims.user_id:
-        raise DownloadRefused("wrong_user", 403, "This download link was issued to another account; "
-                              "get your own links from your download page.")
+        raise DownloadRefused(
+            "wrong_user",
+            403,
+            "This download link was issued to another account; get your own links from your download page.",
+        )
     row = CheckpointFile.objects.select_related("checkpoint__release__license").filter(pk=claims.file_id).first()
     if row is None:
         raise DownloadRefused("not_found", 404, "This file is no longer offered.")
     checkpoint = row.checkpoint
     if claims.expires <= int(now.timestamp()):
         raise DownloadRefused(
-            "link_expired", 410,
+            "link_expired",
+            410,
             f"This download link expired on {claims.expires_at:%Y-%m-%d %H:%M} UTC. Get fresh links in one click "
-            "at the renewal page.", renewal_url=renewal_url_for(checkpoint.pk),
+            "at the renewal page.",
+            renewal_url=renewal_url_for(checkpoint.pk),
         )
     user = User.objects.filter(pk=claims.user_id).first()
     if user is None:
         raise DownloadRefused("access_denied", 403, "The account this link was issued to no longer exists.")
     if checkpoint.state != CheckpointState.READY:
-        raise DownloadRefused("checkpoint_unavailable", 403,
-                              f"{checkpoint.release.name} / {checkpoint.variant} is not available for download now.")
+        raise DownloadRefused(
+            "checkpoint_unavailable",
+            403,
+            f"{checkpoint.release.name} / {checkpoint.variant} is not available for download now.",
+        )
     decision = release_access_check(user=user, release=checkpoint.release, now=now)
     if not decision.allowed:
         raise DownloadRefused(decision.reason, 403, decision.message)
     active_grant_id = decision.grant.pk if decision.grant is not None else 0
     if active_grant_id != claims.grant_id:
         raise DownloadRefused(
-            "grant_changed", 403, "This link belongs to a grant that is no longer your active one; get fresh links.",
+            "grant_changed",
+            403,
+            "This link belongs to a grant that is no longer your active one; get fresh links.",
             renewal_url=renewal_url_for(checkpoint.pk),
         )
     etag = f'"{row.sha256}"'
@@ -612,8 +714,9 @@ def download_redeem(
         try:
             byte_range = parse_range(range_header, row.size)
         except RangeNotSatisfiable as error:
-            raise DownloadRefused("range_not_satisfiable", 416, f"{error} The file has {row.size} bytes.",
-                                  size=row.size) from None
+            raise DownloadRefused(
+                "range_not_satisfiable", 416, f"{error} The file has {row.size} bytes.", size=row.size
+            ) from None
     storage = get_storage()
     if storage.kind == "s3":
         via = "s3-redirect"
@@ -627,25 +730,45 @@ def download_redeem(
         # One redemption of a file at a time, so parallel requests cannot overrun the quota together.
         CheckpointFile.objects.select_for_update().filter(pk=row.pk).first()
         if length and row.size:
-            consumed = DownloadEvent.objects.filter(user=user, file=row, grant=grant).aggregate(
-                total=Sum("bytes_served"))["total"] or 0
+            consumed = (
+                DownloadEvent.objects.filter(user=user, file=row, grant=grant).aggregate(total=Sum("bytes_served"))[
+                    "total"
+                ]
+                or 0
+            )
             quota = settings.ARTIFACTS_DOWNLOAD_QUOTA
             if consumed >= quota * row.size:
                 raise DownloadRefused(
-                    "quota_exhausted", 429,
+                    "quota_exhausted",
+                    429,
                     f"{row.path} was already downloaded {consumed / row.size:.1f} times with this access "
                     f"(limit {quota}). Ask the release team if you need more.",
                 )
         status = 304 if not_modified else (206 if byte_range else 200)
         event = DownloadEvent.objects.create(
-            user=user, file=row, grant=grant, status_code=status, bytes_served=length,
-            range_start=byte_range.start if byte_range else None, range_end=byte_range.end if byte_range else None,
-            via=via, ip_address=meta.ip, user_agent=meta.user_agent,
+            user=user,
+            file=row,
+            grant=grant,
+            status_code=status,
+            bytes_served=length,
+            range_start=byte_range.start if byte_range else None,
+            range_end=byte_range.end if byte_range else None,
+            via=via,
+            ip_address=meta.ip,
+            user_agent=meta.user_agent,
         )
         audit_record(
-            actor=user, action="download.serve", target=row, meta=meta,
-            after={"bytes": length, "status": status, "grant": grant.pk if grant else None, "via": via,
-                   "range": f"{byte_range.start}-{byte_range.end}" if byte_range else None},
+            actor=user,
+            action="download.serve",
+            target=row,
+            meta=meta,
+            after={
+                "bytes": length,
+                "status": status,
+                "grant": grant.pk if grant else None,
+                "via": via,
+                "range": f"{byte_range.start}-{byte_range.end}" if byte_range else None,
+            },
         )
     redemption = Redemption(file=row, etag=etag, byte_range=byte_range, not_modified=not_modified, event=event, via=via)
     if via == "s3-redirect":

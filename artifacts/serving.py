@@ -113,11 +113,18 @@ def download_response(redemption: Redemption, *, head: bool = False) -> HttpResp
         _common_headers(response, redemption)
         return response
     assert redemption.local_path is not None
-    stream: Any = RangeFile(redemption.local_path, start, end, redemption.event.pk) if row.size else open(
-        redemption.local_path, "rb"
+    stream: Any = (
+        RangeFile(redemption.local_path, start, end, redemption.event.pk)
+        if row.size
+        else open(redemption.local_path, "rb")
     )
-    response = _FileResponse(stream, status=206 if byte_range else 200, content_type="application/octet-stream",
-                             as_attachment=True, filename=row.name)
+    response = _FileResponse(
+        stream,
+        status=206 if byte_range else 200,
+        content_type="application/octet-stream",
+        as_attachment=True,
+        filename=row.name,
+    )
     response["Content-Length"] = str(length)
     if byte_range:
         response["Content-Range"] = f"bytes {start}-{end}/{row.size}"
@@ -137,8 +144,9 @@ def refusal_response(request: Any, refusal: DownloadRefused) -> HttpResponse:
             body["renewal_url"] = renewal
         response: HttpResponse = JsonResponse(body, status=refusal.status)
     else:
-        response = render(request, "artifacts/refused.html",
-                          {"refusal": refusal, "renewal_url": renewal}, status=refusal.status)
+        response = render(
+            request, "artifacts/refused.html", {"refusal": refusal, "renewal_url": renewal}, status=refusal.status
+        )
     if refusal.status == 416 and refusal.size is not None:
         response["Content-Range"] = f"bytes */{refusal.size}"
     if renewal:

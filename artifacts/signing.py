@@ -47,8 +47,9 @@ def link_lifetime() -> timedelta:
     return timedelta(hours=settings.ARTIFACTS_LINK_LIFETIME_HOURS)
 
 
-def sign_link(*, file_id: int, user_id: int, grant_id: int | None, now: datetime | None = None,
-              lifetime: timedelta | None = None) -> tuple[str, datetime]:
+def sign_link(
+    *, file_id: int, user_id: int, grant_id: int | None, now: datetime | None = None, lifetime: timedelta | None = None
+) -> tuple[str, datetime]:
     now = now or timezone.now()
     expires = int((now + (lifetime if lifetime is not None else link_lifetime())).timestamp())
     claims = LinkClaims(file_id=file_id, user_id=user_id, grant_id=grant_id or 0, expires=expires)

@@ -85,8 +85,9 @@ def _local_source(raw: str) -> Source:
                 raise SourceError(f"{relative} is a symlink to {target}, outside {root}; refused.")
             if not target.is_file():
                 raise SourceError(f"{relative} is not a regular file.")
-            files.append(SourceFile(path=relative, size=target.stat().st_size,
-                                    open=lambda target=target: open(target, "rb")))
+            files.append(
+                SourceFile(path=relative, size=target.stat().st_size, open=lambda target=target: open(target, "rb"))
+            )
     if not files:
         raise SourceError(f"{root} holds no files.")
     return Source(uri=str(root), files=files)
@@ -109,8 +110,11 @@ def _s3_source(uri: str) -> Source:
         client = storage.client
     else:
         client = S3Storage(
-            bucket=bucket, endpoint_url=settings.S3_ENDPOINT_URL, region=settings.AWS_REGION,
-            access_key=settings.AWS_ACCESS_KEY_ID, secret_key=settings.AWS_SECRET_ACCESS_KEY,
+            bucket=bucket,
+            endpoint_url=settings.S3_ENDPOINT_URL,
+            region=settings.AWS_REGION,
+            access_key=settings.AWS_ACCESS_KEY_ID,
+            secret_key=settings.AWS_SECRET_ACCESS_KEY,
         ).client
     files: list[SourceFile] = []
     paginator = client.get_paginator("list_objects_v2")
@@ -121,7 +125,7 @@ def _s3_source(uri: str) -> Source:
     for page in pages:
         for item in page.get("Contents", []):
             key = item["Key"]
-            relative = key[len(prefix) + 1:] if prefix else key
+            relative = key[len(prefix) + 1 :] if prefix else key
             if relative.endswith("/") or relative.rsplit("/", 1)[-1] in IGNORED_NAMES:
                 continue
             try:

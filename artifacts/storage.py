@@ -48,11 +48,11 @@ def check_relative_path(value: str, *, what: str = "path") -> str:
     parts = value.split("/")
     for part in parts:
         if part in {"", ".", ".."}:
-            raise UnsafeKey(f"The {what} {value!r} has an empty, '.' or '..' part; paths may not leave their directory.")
-        if not _SAFE_PART.match(part):
             raise UnsafeKey(
-                f"The {what} {value!r} has characters outside A-Z a-z 0-9 . _ + = @ -; rename the file."
+                f"The {what} {value!r} has an empty, '.' or '..' part; paths may not leave their directory."
             )
+        if not _SAFE_PART.match(part):
+            raise UnsafeKey(f"The {what} {value!r} has characters outside A-Z a-z 0-9 . _ + = @ -; rename the file.")
     return "/".join(parts)
 
 
@@ -168,7 +168,9 @@ class LocalStorage:
                 out.flush()
                 os.fsync(out.fileno())
             if size is not None and written != size:
-                raise StorageError(f"Wrote {written} bytes to {key!r} but expected {size}; the source changed or broke.")
+                raise StorageError(
+                    f"Wrote {written} bytes to {key!r} but expected {size}; the source changed or broke."
+                )
             os.replace(temp, path)  # atomic on POSIX: readers see the old object or the whole new one
         finally:
             temp.unlink(missing_ok=True)
@@ -230,8 +232,11 @@ class S3Storage:
             region_name=region or None,
             aws_access_key_id=access_key or None,
             aws_secret_access_key=secret_key or None,
-            config=Config(signature_version="s3v4", retries={"max_attempts": 5, "mode": "standard"},
-                          s3={"addressing_style": "path"}),
+            config=Config(
+                signature_version="s3v4",
+                retries={"max_attempts": 5, "mode": "standard"},
+                s3={"addressing_style": "path"},
+            ),
         )
         self.transfer = TransferConfig(
             multipart_threshold=multipart_threshold, multipart_chunksize=multipart_chunksize, max_concurrency=4
@@ -338,9 +343,13 @@ def get_storage() -> Storage:
         if settings.ARTIFACTS_STORAGE == "s3":
             chunk = settings.ARTIFACTS_S3_MULTIPART_THRESHOLD_MB * 1024 * 1024
             storage = S3Storage(
-                bucket=settings.S3_BUCKET, endpoint_url=settings.S3_ENDPOINT_URL, region=settings.AWS_REGION,
-                access_key=settings.AWS_ACCESS_KEY_ID, secret_key=settings.AWS_SECRET_ACCESS_KEY,
-                multipart_threshold=chunk, multipart_chunksize=chunk,
+                bucket=settings.S3_BUCKET,
+                endpoint_url=settings.S3_ENDPOINT_URL,
+                region=settings.AWS_REGION,
+                access_key=settings.AWS_ACCESS_KEY_ID,
+                secret_key=settings.AWS_SECRET_ACCESS_KEY,
+                multipart_threshold=chunk,
+                multipart_chunksize=chunk,
             )
         else:
             storage = LocalStorage(settings.ARTIFACTS_LOCAL_ROOT)

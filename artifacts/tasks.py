@@ -39,8 +39,7 @@ def run_reshard_job(self: Task, job_id: int) -> None:
         raise self.retry(countdown=delay.seconds, exc=delay) from None
 
 
-@shared_task(name="artifacts.tasks.reap_stale_verifications", acks_late=True,
-             soft_time_limit=60, time_limit=90)
+@shared_task(name="artifacts.tasks.reap_stale_verifications", acks_late=True, soft_time_limit=60, time_limit=90)
 def reap_stale_verifications() -> int:
     """The artifacts reaper (one beat entry): stale verification jobs fail, stale reshard jobs are
     queued again or, out of attempts, fail."""

@@ -25,6 +25,9 @@ urlpatterns = [
     path("checkpoints/<int:checkpoint_id>/progress.json", views.checkpoint_progress, name="checkpoint-progress"),
     path("checkpoints/<int:checkpoint_id>/verify/", views.checkpoint_verify, name="checkpoint-verify"),
     path("checkpoints/<int:checkpoint_id>/reshard/", views.checkpoint_reshard, name="checkpoint-reshard"),
-    path("checkpoints/<int:checkpoint_id>/reshard-jobs.json", views.checkpoint_reshard_jobs,
-         name="checkpoint-reshard-jobs"),
+    path(
+        "checkpoints/<int:checkpoint_id>/reshard-jobs.json",
+        views.checkpoint_reshard_jobs,
+        name="checkpoint-reshard-jobs",
+    ),
 ]

@@ -40,7 +40,9 @@ def _base_url(request: HttpRequest) -> str:
 
 def _downloadable(request: HttpRequest, checkpoint_id: int) -> Checkpoint:
     try:
-        checkpoint, _decision = selectors.access_downloadable_checkpoint(actor=request.user, checkpoint_id=checkpoint_id)
+        checkpoint, _decision = selectors.access_downloadable_checkpoint(
+            actor=request.user, checkpoint_id=checkpoint_id
+        )
     except NotAllowed as error:
         raise PermissionDenied(error.message) from None
     return checkpoint
@@ -49,8 +51,13 @@ def _downloadable(request: HttpRequest, checkpoint_id: int) -> Checkpoint:
 def issue_bundle(request: HttpRequest, checkpoint: Checkpoint, *, record: bool = True) -> Bundle:
     try:
         return services.links_issue(
-            user=request.user, checkpoint=checkpoint, base_url=_base_url(request), link_url=_link_path,
-            renewal_url=_renewal_path(checkpoint.pk), meta=RequestMeta.from_request(request), record=record,
+            user=request.user,
+            checkpoint=checkpoint,
+            base_url=_base_url(request),
+            link_url=_link_path,
+            renewal_url=_renewal_path(checkpoint.pk),
+            meta=RequestMeta.from_request(request),
+            record=record,
         )
     except NotAllowed as error:
         raise PermissionDenied(error.message) from None
@@ -65,9 +72,13 @@ def download_file(request: HttpRequest, token: str) -> HttpResponse:
     head = request.method == "HEAD"
     try:
         redemption = services.download_redeem(
-            token=token, request_user=request.user, meta=RequestMeta.from_request(request),
-            renewal_url_for=_renewal_path, range_header=request.META.get("HTTP_RANGE"),
-            if_none_match=request.META.get("HTTP_IF_NONE_MATCH"), if_range=request.META.get("HTTP_IF_RANGE"),
+            token=token,
+            request_user=request.user,
+            meta=RequestMeta.from_request(request),
+            renewal_url_for=_renewal_path,
+            range_header=request.META.get("HTTP_RANGE"),
+            if_none_match=request.META.get("HTTP_IF_NONE_MATCH"),
+            if_range=request.META.get("HTTP_IF_RANGE"),
             head=head,
         )
     except DownloadRefused as refusal:
@@ -80,8 +91,9 @@ def download_file(request: HttpRequest, token: str) -> HttpResponse:
 
 @login_required
 def my_downloads(request: HttpRequest) -> HttpResponse:
-    return render(request, "artifacts/my_downloads.html",
-                  {"checkpoints": selectors.downloadable_checkpoints(user=request.user)})
+    return render(
+        request, "artifacts/my_downloads.html", {"checkpoints": selectors.downloadable_checkpoints(user=request.user)}
+    )
 
 
 @login_required
@@ -98,8 +110,11 @@ def checkpoint_renew(request: HttpRequest, checkpoint_id: int) -> HttpResponse:
     checkpoint = _downloadable(request, checkpoint_id)
     if request.method == "POST":
         bundle = issue_bundle(request, checkpoint)
-        messages.success(request, f"Fresh links issued; they expire on {bundle.expires_at:%Y-%m-%d %H:%M} UTC. "
-                                  "Download the new download.sh and run it in the same directory to resume.")
+        messages.success(
+            request,
+            f"Fresh links issued; they expire on {bundle.expires_at:%Y-%m-%d %H:%M} UTC. "
+            "Download the new download.sh and run it in the same directory to resume.",
+        )
         return redirect("downloads-checkpoint", checkpoint_id=checkpoint.pk)
     return render(request, "artifacts/renew.html", {"checkpoint": checkpoint})
 
@@ -154,29 +169,47 @@ def checkpoint_index(request: HttpRequest) -> HttpResponse:
 
 class ReshardForm(forms.Form):
     to = forms.ChoiceField(label="Target format", choices=ReshardFormat.choices)
-    tp = forms.IntegerField(label="Tensor-parallel parts", min_value=1, max_value=4096, required=False,
-                            help_text="Empty: the source's (always 1 for transformers).")
-    dtype = forms.ChoiceField(label="Data type", required=False, choices=[
-        ("", "Same as the source"), ("fp16", "float16"), ("bf16", "bfloat16"), ("fp32", "float32"),
-    ])
+    tp = forms.IntegerField(
+        label="Tensor-parallel parts",
+        min_value=1,
+        max_value=4096,
+        required=False,
+        help_text="Empty: the source's (always 1 for transformers).",
+    )
+    dtype = forms.ChoiceField(
+        label="Data type",
+        required=False,
+        choices=[
+            ("", "Same as the source"),
+            ("fp16", "float16"),
+            ("bf16", "bfloat16"),
+            ("fp32", "float32"),
+        ],
+    )
 
 
-def _checkpoint_page(request: HttpRequest, checkpoint: Checkpoint, *, reshard_form: ReshardForm | None = None,
-                     status: int = 200) -> HttpResponse:
+def _checkpoint_page(
+    request: HttpRequest, checkpoint: Checkpoint, *, reshard_form: ReshardForm | None = None, status: int = 200
+) -> HttpResponse:
     job = selectors.latest_verification(checkpoint)
     reshard_list = list(reshard_jobs.checkpoint_reshard_jobs(checkpoint)[:20])
-    return render(request, "artifacts/checkpoint_detail.html", {
-        "checkpoint": checkpoint,
-        "files": selectors.checkpoint_files(checkpoint),
-        "job": job,
-        "jobs": checkpoint.verification_jobs.all()[:10],
-        "counts": selectors.checkpoint_download_counts().get(checkpoint.pk, {}),
-        "derivatives": checkpoint.derivatives.all(),
-        "reshard_form": reshard_form or ReshardForm(initial={"to": ReshardFormat.NATIVE, "tp": checkpoint.tp_size}),
-        "reshard_jobs": reshard_list,
-        "reshard_active": any(item.is_active for item in reshard_list),
-        "produced_by": ReshardJob.objects.select_related("source").filter(output=checkpoint).first(),
-    }, status=status)
+    return render(
+        request,
+        "artifacts/checkpoint_detail.html",
+        {
+            "checkpoint": checkpoint,
+            "files": selectors.checkpoint_files(checkpoint),
+            "job": job,
+            "jobs": checkpoint.verification_jobs.all()[:10],
+            "counts": selectors.checkpoint_download_counts().get(checkpoint.pk, {}),
+            "derivatives": checkpoint.derivatives.all(),
+            "reshard_form": reshard_form or ReshardForm(initial={"to": ReshardFormat.NATIVE, "tp": checkpoint.tp_size}),
+            "reshard_jobs": reshard_list,
+            "reshard_active": any(item.is_active for item in reshard_list),
+            "produced_by": ReshardJob.objects.select_related("source").filter(output=checkpoint).first(),
+        },
+        status=status,
+    )
 
 
 @login_required
@@ -194,8 +227,12 @@ def checkpoint_reshard(request: HttpRequest, checkpoint_id: int) -> HttpResponse
     if form.is_valid():
         try:
             outcome = reshard_jobs.reshard_job_create(
-                checkpoint=checkpoint, to=form.cleaned_data["to"], tp=form.cleaned_data["tp"],
-                dtype=form.cleaned_data["dtype"] or None, actor=request.user, meta=RequestMeta.from_request(request),
+                checkpoint=checkpoint,
+                to=form.cleaned_data["to"],
+                tp=form.cleaned_data["tp"],
+                dtype=form.cleaned_data["dtype"] or None,
+                actor=request.user,
+                meta=RequestMeta.from_request(request),
             )
         except AccessError as error:
             form.add_error(error.field if error.field in form.fields else None, error.message)
@@ -204,8 +241,10 @@ def checkpoint_reshard(request: HttpRequest, checkpoint_id: int) -> HttpResponse
             if outcome.created:
                 messages.success(request, f"Reshard job #{job.pk} queued.")
             else:
-                messages.info(request, f"The same conversion is already reshard job #{job.pk} "
-                                       f"({job.get_status_display().lower()}).")
+                messages.info(
+                    request,
+                    f"The same conversion is already reshard job #{job.pk} ({job.get_status_display().lower()}).",
+                )
             return redirect(reverse("checkpoint-detail", args=[checkpoint.pk]) + f"#reshard-job-{job.pk}")
     return _checkpoint_page(request, checkpoint, reshard_form=form, status=400)
 
@@ -231,9 +270,14 @@ def checkpoint_progress(request: HttpRequest, checkpoint_id: int) -> JsonRespons
     body: dict[str, Any] = {"checkpoint": checkpoint.pk, "state": checkpoint.state, "job": None}
     if job is not None:
         body["job"] = {
-            "id": job.pk, "status": job.status, "bytes_hashed": job.bytes_hashed, "bytes_total": job.bytes_total,
-            "files_done": job.files_done, "files_total": job.files_total,
-            "heartbeat_at": job.heartbeat_at.isoformat() if job.heartbeat_at else None, "report": job.report,
+            "id": job.pk,
+            "status": job.status,
+            "bytes_hashed": job.bytes_hashed,
+            "bytes_total": job.bytes_total,
+            "files_done": job.files_done,
+            "files_total": job.files_total,
+            "heartbeat_at": job.heartbeat_at.isoformat() if job.heartbeat_at else None,
+            "report": job.report,
         }
     return JsonResponse(body)
 
@@ -243,8 +287,9 @@ def checkpoint_progress(request: HttpRequest, checkpoint_id: int) -> JsonRespons
 def checkpoint_verify(request: HttpRequest, checkpoint_id: int) -> HttpResponse:
     checkpoint = selectors.access_operator_checkpoint(actor=request.user, checkpoint_id=checkpoint_id)
     try:
-        job = services.checkpoint_verify_again(checkpoint=checkpoint, actor=request.user,
-                                               meta=RequestMeta.from_request(request))
+        job = services.checkpoint_verify_again(
+            checkpoint=checkpoint, actor=request.user, meta=RequestMeta.from_request(request)
+        )
     except AccessError as error:
         messages.error(request, error.message)
     else:
@@ -268,14 +313,23 @@ def grant_downloads_detail(request: HttpRequest, grant_id: int) -> HttpResponse:
     if request.method == "POST":
         reason = request.POST.get("reason", "")
         try:
-            access_services.grant_revoke(grant=grant, actor=request.user, reason=reason,
-                                         meta=RequestMeta.from_request(request))
+            access_services.grant_revoke(
+                grant=grant, actor=request.user, reason=reason, meta=RequestMeta.from_request(request)
+            )
         except AccessError as failure:
             error = failure.message
         else:
             messages.success(request, f"Grant #{grant.pk} revoked; its download links stop working now.")
             return redirect("grant-downloads-detail", grant_id=grant.pk)
-    return render(request, "artifacts/grant_downloads_detail.html", {
-        "grant": grant, "files": selectors.grant_file_downloads(grant),
-        "events": selectors.grant_recent_events(grant), "reason": reason, "error": error,
-    }, status=400 if error else 200)
+    return render(
+        request,
+        "artifacts/grant_downloads_detail.html",
+        {
+            "grant": grant,
+            "files": selectors.grant_file_downloads(grant),
+            "events": selectors.grant_recent_events(grant),
+            "reason": reason,
+            "error": error,
+        },
+        status=400 if error else 200,
+    )

@@ -89,10 +89,12 @@ def issue_links(size: int) -> tuple[str, str]:
 
     user = User.objects.filter(email="bench@example.org").first() or factories.make_user("bench@example.org")
     release = Release.objects.filter(slug="bench-gated").first() or factories.make_release(
-        slug="bench-gated", name="Bench-2G", gated=True)
+        slug="bench-gated", name="Bench-2G", gated=True
+    )
     if not Grant.objects.filter(user=user, release=release, status="active").exists():
         reviewer = User.objects.filter(email="bench-reviewer@example.org").first() or factories.make_reviewer(
-            "bench-reviewer@example.org")
+            "bench-reviewer@example.org"
+        )
         application = factories.make_application(user, release)
         application_approve(application=application, reviewer=reviewer, meta=services.SYSTEM)
     # The stored object and the import source are hard links of one file: the import finds the
@@ -104,23 +106,34 @@ def issue_links(size: int) -> tuple[str, str]:
     source.mkdir(parents=True, exist_ok=True)
     if not (source / "big.bin").exists():
         os.link(stored, source / "big.bin")
-    result = services.checkpoint_import(release=release, source_uri=str(source), fmt="native", variant="bench",
-                                        enqueue=False)
+    result = services.checkpoint_import(
+        release=release, source_uri=str(source), fmt="native", variant="bench", enqueue=False
+    )
     checkpoint = result.checkpoint
     if checkpoint.state != CheckpointState.READY:
         job = services.verification_enqueue(checkpoint=checkpoint, dispatch=False)
         services.verification_run(job_id=job.pk)
         checkpoint.refresh_from_db()
     assert checkpoint.state == CheckpointState.READY, checkpoint.state_reason
-    bundle = services.links_issue(user=user, checkpoint=checkpoint, base_url="", meta=services.SYSTEM,
-                                  link_url=lambda token: reverse("download-file", args=[token]),
-                                  renewal_url="/", record=False)
+    bundle = services.links_issue(
+        user=user,
+        checkpoint=checkpoint,
+        base_url="",
+        meta=services.SYSTEM,
+        link_url=lambda token: reverse("download-file", args=[token]),
+        renewal_url="/",
+        record=False,
+    )
     return bundle.links[0].url, key
 
 
 def curl(url: str) -> tuple[float, str]:
-    out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{speed_download} %{http_code} %{size_download}", url],
-                         capture_output=True, text=True, check=True).stdout.split()
+    out = subprocess.run(
+        ["curl", "-s", "-o", "/dev/null", "-w", "%{speed_download} %{http_code} %{size_download}", url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     return float(out[0]) / 1e6, f"{out[1]} ({int(out[2]) / 2**30:.2f} GiB)"
 
 
@@ -149,8 +162,14 @@ def main() -> int:
     env = {**os.environ, **ENV}
     processes: list[subprocess.Popen[bytes]] = []
     plain_port, accel_port, nginx_port = free_port(), free_port(), free_port()
-    gunicorn = [str(ROOT / ".venv" / "bin" / "gunicorn"), "portal.wsgi", "-w", str(args.workers), "--log-level",
-                "warning"]
+    gunicorn = [
+        str(ROOT / ".venv" / "bin" / "gunicorn"),
+        "portal.wsgi",
+        "-w",
+        str(args.workers),
+        "--log-level",
+        "warning",
+    ]
     prefix = BENCH / "nginx"
     (prefix / "logs").mkdir(parents=True, exist_ok=True)
     (prefix / "tmp").mkdir(parents=True, exist_ok=True)
@@ -186,10 +205,16 @@ http {{
 """)
     try:
         processes.append(subprocess.Popen([*gunicorn, "-b", f"127.0.0.1:{plain_port}"], cwd=ROOT, env=env))
-        processes.append(subprocess.Popen([*gunicorn, "-b", f"127.0.0.1:{accel_port}"], cwd=ROOT,
-                                          env={**env, "ARTIFACTS_X_ACCEL_PREFIX": "/_protected/"}))
-        processes.append(subprocess.Popen([NGINX, "-p", str(prefix), "-c", str(conf)], cwd=prefix,
-                                          stderr=subprocess.DEVNULL))
+        processes.append(
+            subprocess.Popen(
+                [*gunicorn, "-b", f"127.0.0.1:{accel_port}"],
+                cwd=ROOT,
+                env={**env, "ARTIFACTS_X_ACCEL_PREFIX": "/_protected/"},
+            )
+        )
+        processes.append(
+            subprocess.Popen([NGINX, "-p", str(prefix), "-c", str(conf)], cwd=prefix, stderr=subprocess.DEVNULL)
+        )
         for port in (plain_port, accel_port, nginx_port):
             wait_port(port)
         direct = best(f"http://127.0.0.1:{nginx_port}/direct/{key}", args.runs, size)
@@ -206,7 +231,9 @@ http {{
     print(f"file: {size / 2**30:.1f} GiB, best of {args.runs} runs, curl -o /dev/null on 127.0.0.1")
     print(f"  nginx direct (static file)          {direct:8.0f} MB/s   1.00x")
     print(f"  signed link, gunicorn (sendfile)    {plain:8.0f} MB/s   {plain / direct:.2f}x")
-    print(f"  signed link, nginx X-Accel-Redirect {accel:8.0f} MB/s   {accel / direct:.2f}x  (target >= {TARGET_RATIO}x)")
+    print(
+        f"  signed link, nginx X-Accel-Redirect {accel:8.0f} MB/s   {accel / direct:.2f}x  (target >= {TARGET_RATIO}x)"
+    )
     return 0 if accel / direct >= TARGET_RATIO else 1
 
 

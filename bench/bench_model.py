@@ -32,8 +32,9 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def measure(model: torch.nn.Module, ids: torch.Tensor, targets: torch.Tensor, *, iters: int, warmup: int,
-            device: str, hf: bool) -> dict[str, float]:
+def measure(
+    model: torch.nn.Module, ids: torch.Tensor, targets: torch.Tensor, *, iters: int, warmup: int, device: str, hf: bool
+) -> dict[str, float]:
     """Median seconds per forward (no grad) and per forward+backward."""
 
     def logits_of() -> torch.Tensor:
@@ -65,7 +66,9 @@ def measure(model: torch.nn.Module, ids: torch.Tensor, targets: torch.Tensor, *,
     return result
 
 
-def _tp_worker(rank: int, world: int, port: int, ckpt: str, batch: dict[str, torch.Tensor], opts: dict[str, Any], out: str) -> None:
+def _tp_worker(
+    rank: int, world: int, port: int, ckpt: str, batch: dict[str, torch.Tensor], opts: dict[str, Any], out: str
+) -> None:
     import torch.distributed as dist
 
     torch.set_num_threads(opts["threads_per_rank"])
@@ -73,8 +76,9 @@ def _tp_worker(rank: int, world: int, port: int, ckpt: str, batch: dict[str, tor
     try:
         model = training.load_pretrained(ckpt, dtype=getattr(torch, opts["dtype"]))
         model.train()
-        result = measure(model, batch["ids"], batch["targets"], iters=opts["iters"], warmup=opts["warmup"],
-                         device="cpu", hf=False)
+        result = measure(
+            model, batch["ids"], batch["targets"], iters=opts["iters"], warmup=opts["warmup"], device="cpu", hf=False
+        )
         # The step is as slow as the slowest rank.
         for key in list(result):
             value = torch.tensor([result[key]])
@@ -96,14 +100,17 @@ def run_tp(world: int, ckpt: str, batch: dict[str, torch.Tensor], opts: dict[str
         port = sock.getsockname()[1]
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "result.json")
-        mp.start_processes(_tp_worker, args=(world, port, ckpt, batch, opts, out), nprocs=world, join=True,
-                           start_method="spawn")
+        mp.start_processes(
+            _tp_worker, args=(world, port, ckpt, batch, opts, out), nprocs=world, join=True, start_method="spawn"
+        )
         return json.loads(Path(out).read_text())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", default=None, help="name in training.CONFIGS (default opt-125m on CPU, opt-1.3b on CUDA)")
+    parser.add_argument(
+        "--size", default=None, help="name in training.CONFIGS (default opt-125m on CPU, opt-1.3b on CUDA)"
+    )
     parser.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (CUDA default)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--batch", type=int, default=2)
@@ -112,7 +119,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--tp", default="1,2", help="comma-separated tp sizes to run on CPU (gloo processes)")
     parser.add_argument("--no-hf", action="store_true", help="skip transformers")
-    parser.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU, e.g. 989 for H100 bf16 dense")
+    parser.add_argument(
+        "--peak-tflops", type=float, default=None, help="device peak for MFU, e.g. 989 for H100 bf16 dense"
+    )
     args = parser.parse_args()
 
     cuda = args.device.startswith("cuda")
@@ -122,12 +131,16 @@ def main() -> None:
     config = training.get_config(size)
     n_params = config.num_parameters(active=True)
     threads = torch.get_num_threads()
-    print(f"{size}: {n_params / 1e6:.1f}M params (active), {dtype_name}, device={args.device}, "
-          f"B={args.batch} T={args.seq}, iters={args.iters} (median), torch threads={threads}")
+    print(
+        f"{size}: {n_params / 1e6:.1f}M params (active), {dtype_name}, device={args.device}, "
+        f"B={args.batch} T={args.seq}, iters={args.iters} (median), torch threads={threads}"
+    )
 
     gen = torch.Generator().manual_seed(0)
-    batch = {"ids": torch.randint(0, config.vocab_size, (args.batch, args.seq), generator=gen),
-             "targets": torch.randint(0, config.vocab_size, (args.batch, args.seq), generator=gen)}
+    batch = {
+        "ids": torch.randint(0, config.vocab_size, (args.batch, args.seq), generator=gen),
+        "targets": torch.randint(0, config.vocab_size, (args.batch, args.seq), generator=gen),
+    }
     tokens = args.batch * args.seq
     rows: dict[str, dict[str, float]] = {}
 
@@ -139,8 +152,15 @@ def main() -> None:
 
         ours = training.load_pretrained(ckpt, dtype=dtype, device=args.device).train()
         dev_batch = {k: v.to(args.device) for k, v in batch.items()}
-        rows["ours tp=1"] = measure(ours, dev_batch["ids"], dev_batch["targets"], iters=args.iters,
-                                    warmup=args.warmup, device=args.device, hf=False)
+        rows["ours tp=1"] = measure(
+            ours,
+            dev_batch["ids"],
+            dev_batch["targets"],
+            iters=args.iters,
+            warmup=args.warmup,
+            device=args.device,
+            hf=False,
+        )
         del ours
 
         if not args.no_hf:
@@ -156,8 +176,15 @@ def main() -> None:
                 hf.model.decoder.dropout = 0.0
                 for layer in hf.model.decoder.layers:
                     layer.dropout = 0.0
-            rows["transformers"] = measure(hf, dev_batch["ids"], dev_batch["targets"], iters=args.iters,
-                                           warmup=args.warmup, device=args.device, hf=True)
+            rows["transformers"] = measure(
+                hf,
+                dev_batch["ids"],
+                dev_batch["targets"],
+                iters=args.iters,
+                warmup=args.warmup,
+                device=args.device,
+                hf=True,
+            )
             print(f"transformers attention: {hf.config._attn_implementation}")
             del hf
 
@@ -165,18 +192,26 @@ def main() -> None:
             for world in (int(t) for t in args.tp.split(",") if t.strip()):
                 if world == 1:
                     continue
-                opts = {"dtype": dtype_name, "iters": args.iters, "warmup": args.warmup,
-                        "threads_per_rank": max(1, threads // world)}
+                opts = {
+                    "dtype": dtype_name,
+                    "iters": args.iters,
+                    "warmup": args.warmup,
+                    "threads_per_rank": max(1, threads // world),
+                }
                 rows[f"ours tp={world}"] = run_tp(world, ckpt, batch, opts)
 
     print(f"\n{'':16s} {'fwd tok/s':>12s} {'fwd+bwd tok/s':>14s} {'fwd ms':>9s} {'fwd+bwd ms':>11s}")
     for label, r in rows.items():
-        print(f"{label:16s} {tokens / r['fwd']:12.0f} {tokens / r['fwd_bwd']:14.0f} {r['fwd'] * 1e3:9.1f} {r['fwd_bwd'] * 1e3:11.1f}")
+        print(
+            f"{label:16s} {tokens / r['fwd']:12.0f} {tokens / r['fwd_bwd']:14.0f} {r['fwd'] * 1e3:9.1f} {r['fwd_bwd'] * 1e3:11.1f}"
+        )
     if "transformers" in rows:
         ref = rows["transformers"]
         for label, r in rows.items():
             if label != "transformers":
-                print(f"{label} / transformers: fwd {ref['fwd'] / r['fwd']:.2f}x, fwd+bwd {ref['fwd_bwd'] / r['fwd_bwd']:.2f}x")
+                print(
+                    f"{label} / transformers: fwd {ref['fwd'] / r['fwd']:.2f}x, fwd+bwd {ref['fwd_bwd'] / r['fwd_bwd']:.2f}x"
+                )
     if args.peak_tflops:
         for label, r in rows.items():
             fwd_mfu = 2 * n_params * tokens / r["fwd"] / (args.peak_tflops * 1e12)

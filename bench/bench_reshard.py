@@ -55,17 +55,23 @@ def naive(src: Path, dst: Path) -> None:
 
     parts: list[dict[str, torch.Tensor]] = []
     for p in range(PARTS):
-        shards = [torch.load(src / f"checkpoint_last-model_part-{p}-shard{s}.pt", weights_only=False)
-                  for s in range(SHARDS)]
+        shards = [
+            torch.load(src / f"checkpoint_last-model_part-{p}-shard{s}.pt", weights_only=False) for s in range(SHARDS)
+        ]
         tensors: dict[str, torch.Tensor] = {}
         for i, module in enumerate(shards[0]["shard_metadata"]["param_metadata"]):
             path = module["fsdp_path"]
             info = module["params"]["flat_param_0"]
             key = f"{path}.flat_param_0" if path else "flat_param_0"
-            flats = [sh["model"][key][: sh["model"][key].numel() - sh["shard_metadata"]["param_metadata"][i]["params"]
-                                      ["flat_param_0"]["padding"]] for sh in shards]
+            flats = [
+                sh["model"][key][
+                    : sh["model"][key].numel()
+                    - sh["shard_metadata"]["param_metadata"][i]["params"]["flat_param_0"]["padding"]
+                ]
+                for sh in shards
+            ]
             flat = torch.cat(flats)
-            for name, piece, shape in zip(info["names"], flat.split(info["numels"]), info["shapes"]):
+            for name, piece, shape in zip(info["names"], flat.split(info["numels"]), info["shapes"], strict=True):
                 tensors[f"{path}.{name}" if path else name] = piece.view(shape)
         parts.append(tensors)
         del shards
@@ -88,9 +94,11 @@ def naive(src: Path, dst: Path) -> None:
 
 def measure(cmd: list[str]) -> dict[str, float]:
     """Run ``cmd`` from a fresh wrapper process; wall seconds and the command's peak RSS (MB)."""
-    wrapper = ("import json,resource,subprocess,sys,time;t=time.perf_counter();"
-               "rc=subprocess.run(sys.argv[1:]).returncode;w=time.perf_counter()-t;"
-               "print(json.dumps({'rc':rc,'wall':w,'maxrss_kb':resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))")
+    wrapper = (
+        "import json,resource,subprocess,sys,time;t=time.perf_counter();"
+        "rc=subprocess.run(sys.argv[1:]).returncode;w=time.perf_counter()-t;"
+        "print(json.dumps({'rc':rc,'wall':w,'maxrss_kb':resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))"
+    )
     out = subprocess.run([sys.executable, "-c", wrapper, *cmd], capture_output=True, text=True, check=True)
     result = json.loads(out.stdout.strip().splitlines()[-1])
     if result["rc"] != 0:
@@ -124,15 +132,28 @@ def bench_size(size: str, keep: bool) -> dict[str, object]:
     python = [sys.executable]
     commands = {
         "cp -r": ["cp", "-r", str(src), str(out / "cp")],
-        "reshard -> native tp=2": [*python, "-m", "reshard", "convert", str(src), str(out / "native"), "--to", "native",
-                                   "--tp", "2", "--quiet"],
+        "reshard -> native tp=2": [
+            *python,
+            "-m",
+            "reshard",
+            "convert",
+            str(src),
+            str(out / "native"),
+            "--to",
+            "native",
+            "--tp",
+            "2",
+            "--quiet",
+        ],
         "reshard -> hf": [*python, "-m", "reshard", "convert", str(src), str(out / "hf"), "--to", "hf", "--quiet"],
         "naive (torch.load all + save)": [*python, __file__, "--naive", str(src), str(out / "naive")],
     }
     for label, cmd in commands.items():
         runs[label] = measure(cmd)
-        print(f"  {size:9s} {label:30s} {runs[label]['wall_s']:7.2f}s  peak RSS {runs[label]['peak_rss_mb']:8.0f} MB",
-              file=sys.stderr)
+        print(
+            f"  {size:9s} {label:30s} {runs[label]['wall_s']:7.2f}s  peak RSS {runs[label]['peak_rss_mb']:8.0f} MB",
+            file=sys.stderr,
+        )
         for sub in ("cp", "naive"):
             shutil.rmtree(out / sub, ignore_errors=True)
     # the outputs must verify (checksums + structure) -- cheap, not timed
@@ -142,10 +163,18 @@ def bench_size(size: str, keep: bool) -> dict[str, object]:
     cp = runs["cp -r"]["wall_s"]
     rss_target = 2 * largest_mb + 300
     return {
-        "size": size, "source_bytes": total, "largest_tensor_mb": round(largest_mb, 1),
+        "size": size,
+        "source_bytes": total,
+        "largest_tensor_mb": round(largest_mb, 1),
         "rss_target_mb": round(rss_target, 0),
-        "runs": {k: {"wall_s": round(v["wall_s"], 2), "x_cp": round(v["wall_s"] / cp, 2),
-                     "peak_rss_mb": round(v["peak_rss_mb"], 0)} for k, v in runs.items()},
+        "runs": {
+            k: {
+                "wall_s": round(v["wall_s"], 2),
+                "x_cp": round(v["wall_s"] / cp, 2),
+                "peak_rss_mb": round(v["peak_rss_mb"], 0),
+            }
+            for k, v in runs.items()
+        },
     }
 
 
@@ -164,12 +193,16 @@ def main() -> None:
         return
     BENCH_DIR.mkdir(parents=True, exist_ok=True)
     results = [bench_size(size, args.keep) for size in args.sizes.split(",")]
-    print(f"{'size':9s} {'source':>9s} {'largest':>8s} {'method':30s} {'wall':>8s} {'x cp':>6s} {'peak RSS':>9s} "
-          f"{'RSS target':>10s}")
+    print(
+        f"{'size':9s} {'source':>9s} {'largest':>8s} {'method':30s} {'wall':>8s} {'x cp':>6s} {'peak RSS':>9s} "
+        f"{'RSS target':>10s}"
+    )
     for r in results:
         for label, v in r["runs"].items():  # type: ignore[union-attr]
-            print(f"{r['size']:9s} {r['source_bytes'] / 1e9:7.2f}GB {r['largest_tensor_mb']:6.0f}MB {label:30s} "
-                  f"{v['wall_s']:7.2f}s {v['x_cp']:6.2f} {v['peak_rss_mb']:7.0f}MB {r['rss_target_mb']:8.0f}MB")
+            print(
+                f"{r['size']:9s} {r['source_bytes'] / 1e9:7.2f}GB {r['largest_tensor_mb']:6.0f}MB {label:30s} "
+                f"{v['wall_s']:7.2f}s {v['x_cp']:6.2f} {v['peak_rss_mb']:7.0f}MB {r['rss_target_mb']:8.0f}MB"
+            )
     (BENCH_DIR / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     missed = []
     for r in results:
@@ -179,7 +212,9 @@ def main() -> None:
             if v["x_cp"] > 1.5:
                 missed.append(f"{r['size']} {label}: {v['x_cp']}x cp (target <= 1.5x)")
             if v["peak_rss_mb"] > r["rss_target_mb"]:  # type: ignore[operator]
-                missed.append(f"{r['size']} {label}: peak RSS {v['peak_rss_mb']} MB (target <= {r['rss_target_mb']} MB)")
+                missed.append(
+                    f"{r['size']} {label}: peak RSS {v['peak_rss_mb']} MB (target <= {r['rss_target_mb']} MB)"
+                )
     for line in missed:
         print(f"MISSED {line}")
     if missed:

@@ -30,15 +30,74 @@ BATCH = 5_000
 N_RELEASES = 4
 
 FIRST_NAMES = (
-    "Alice", "Bruno", "Chen", "Dana", "Emil", "Fatima", "Gustav", "Hana", "Ivan", "Julia", "Kenji",
-    "Lena", "Mateo", "Nadia", "Omar", "Priya", "Quentin", "Rosa", "Sven", "Tara", "Uma", "Victor",
-    "Wen", "Xavier", "Yara", "Zoe", "Ahmed", "Bianca", "Carlos", "Dmitri", "Elena", "Farid", "Greta",
-    "Hugo", "Ines", "Jonas",
+    "Alice",
+    "Bruno",
+    "Chen",
+    "Dana",
+    "Emil",
+    "Fatima",
+    "Gustav",
+    "Hana",
+    "Ivan",
+    "Julia",
+    "Kenji",
+    "Lena",
+    "Mateo",
+    "Nadia",
+    "Omar",
+    "Priya",
+    "Quentin",
+    "Rosa",
+    "Sven",
+    "Tara",
+    "Uma",
+    "Victor",
+    "Wen",
+    "Xavier",
+    "Yara",
+    "Zoe",
+    "Ahmed",
+    "Bianca",
+    "Carlos",
+    "Dmitri",
+    "Elena",
+    "Farid",
+    "Greta",
+    "Hugo",
+    "Ines",
+    "Jonas",
 )
 LAST_NAMES = (
-    "Adams", "Becker", "Costa", "Dubois", "Eriksen", "Fischer", "Garcia", "Huang", "Ivanova", "Jensen",
-    "Kowalski", "Lopez", "Müller", "Nakamura", "Okafor", "Patel", "Quinn", "Rossi", "Schmidt", "Tanaka",
-    "Ueda", "Vogel", "Wagner", "Xu", "Yilmaz", "Zhang", "Novak", "Silva", "Moreau", "Kim",
+    "Adams",
+    "Becker",
+    "Costa",
+    "Dubois",
+    "Eriksen",
+    "Fischer",
+    "Garcia",
+    "Huang",
+    "Ivanova",
+    "Jensen",
+    "Kowalski",
+    "Lopez",
+    "Müller",
+    "Nakamura",
+    "Okafor",
+    "Patel",
+    "Quinn",
+    "Rossi",
+    "Schmidt",
+    "Tanaka",
+    "Ueda",
+    "Vogel",
+    "Wagner",
+    "Xu",
+    "Yilmaz",
+    "Zhang",
+    "Novak",
+    "Silva",
+    "Moreau",
+    "Kim",
 )
 # (email domain, affiliation, organization type, weight)
 INSTITUTIONS = (
@@ -58,10 +117,32 @@ INSTITUTIONS = (
     ("eff.org", "Electronic Frontier Foundation", "civil_society", 1),
     ("gmail.com", "Independent researcher", "other", 3),
 )
-COUNTRIES = (("US", 28), ("DE", 14), ("GB", 9), ("CN", 9), ("FR", 6), ("IN", 6), ("CA", 5), ("CH", 4),
-             ("JP", 4), ("NL", 3), ("KR", 3), ("IT", 3), ("ES", 2), ("BR", 2), ("AU", 2))
+COUNTRIES = (
+    ("US", 28),
+    ("DE", 14),
+    ("GB", 9),
+    ("CN", 9),
+    ("FR", 6),
+    ("IN", 6),
+    ("CA", 5),
+    ("CH", 4),
+    ("JP", 4),
+    ("NL", 3),
+    ("KR", 3),
+    ("IT", 3),
+    ("ES", 2),
+    ("BR", 2),
+    ("AU", 2),
+)
 # Status, weight. Open ones are recent; decided ones spread over two years.
-STATUSES = (("submitted", 12), ("in_review", 5), ("needs_info", 3), ("approved", 55), ("rejected", 20), ("withdrawn", 5))
+STATUSES = (
+    ("submitted", 12),
+    ("in_review", 5),
+    ("needs_info", 3),
+    ("approved", 55),
+    ("rejected", 20),
+    ("withdrawn", 5),
+)
 PURPOSE = (
     "We study calibration and factual recall of large language models across scale, comparing predicted "
     "confidence with accuracy on held-out question answering benchmarks for a paper on evaluation methods."
@@ -125,21 +206,48 @@ def seed(*, applications: int, reseed: bool, rng: random.Random) -> tuple[Any, l
     with transaction.atomic():
         reviewer = User.objects.create_user("reviewer@bench.example", "bench-password-1234", full_name="Bench Reviewer")
         reviewer.groups.add(reviewer_group())
-        family = ModelFamily.objects.create(slug="opt", name="OPT", organization="Meta AI", summary="s",
-                                            architecture=Architecture.OPT)
-        data_card = DataCard.objects.create(slug="opt-data", title="OPT corpus", motivation="m", size_tokens=180 * 10**9,
-                                            raw_data="r", labels="l", splits="s", collection="c", preprocessing="p")
+        family = ModelFamily.objects.create(
+            slug="opt", name="OPT", organization="Meta AI", summary="s", architecture=Architecture.OPT
+        )
+        data_card = DataCard.objects.create(
+            slug="opt-data",
+            title="OPT corpus",
+            motivation="m",
+            size_tokens=180 * 10**9,
+            raw_data="r",
+            labels="l",
+            splits="s",
+            collection="c",
+            preprocessing="p",
+        )
         releases, versions = [], []
         for index, size in enumerate(("175B", "66B", "30B", "13B")[:N_RELEASES]):
             license_ = License.objects.create(slug=f"opt-{size.lower()}-license", name=f"OPT-{size} license")
-            versions.append(LicenseVersion.objects.create(license=license_, version="1.0", text="Research only.",
-                                                          published_at=now - timedelta(days=800)))
-            releases.append(Release.objects.create(
-                family=family, slug=f"opt-{size.lower()}", name=f"OPT-{size}", size_label=size,
-                access_tier=AccessTier.GATED, license=license_, data_card=data_card, parameters=10**9,
-                n_layers=12, n_heads=12, n_kv_heads=12, hidden_size=768, ffn_size=3072, vocab_size=50272,
-                max_positions=2048, sort_order=index,
-            ))
+            versions.append(
+                LicenseVersion.objects.create(
+                    license=license_, version="1.0", text="Research only.", published_at=now - timedelta(days=800)
+                )
+            )
+            releases.append(
+                Release.objects.create(
+                    family=family,
+                    slug=f"opt-{size.lower()}",
+                    name=f"OPT-{size}",
+                    size_label=size,
+                    access_tier=AccessTier.GATED,
+                    license=license_,
+                    data_card=data_card,
+                    parameters=10**9,
+                    n_layers=12,
+                    n_heads=12,
+                    n_kv_heads=12,
+                    hidden_size=768,
+                    ffn_size=3072,
+                    vocab_size=50272,
+                    max_positions=2048,
+                    sort_order=index,
+                )
+            )
 
     # Application k is by applicant k // N_RELEASES for release k % N_RELEASES: no one has two open
     # applications for one release, as the partial unique index demands.
@@ -149,12 +257,16 @@ def seed(*, applications: int, reseed: bool, rng: random.Random) -> tuple[Any, l
         first, last = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
         domain, affiliation, org_type, _ = _weighted(rng, INSTITUTIONS)
         country = _weighted(rng, COUNTRIES)[0]
-        people.append((f"{first} {last}", f"{first.lower()}.{last.lower()}.{index}@{domain}", affiliation, org_type, country))
+        people.append(
+            (f"{first} {last}", f"{first.lower()}.{last.lower()}.{index}@{domain}", affiliation, org_type, country)
+        )
     for start in range(0, n_users, BATCH):
         with transaction.atomic():
             User.objects.bulk_create(
-                [User(email=email, full_name=name, affiliation=affiliation, password="!bench", email_verified_at=now)
-                 for name, email, affiliation, _, _ in people[start:start + BATCH]],
+                [
+                    User(email=email, full_name=name, affiliation=affiliation, password="!bench", email_verified_at=now)
+                    for name, email, affiliation, _, _ in people[start : start + BATCH]
+                ],
                 batch_size=1000,
             )
     user_ids = dict(User.objects.exclude(pk=reviewer.pk).values_list("email", "pk"))
@@ -172,27 +284,58 @@ def seed(*, applications: int, reseed: bool, rng: random.Random) -> tuple[Any, l
                 else:
                     submitted = now - timedelta(days=rng.uniform(1, 730))
                     decided = min(now, submitted + timedelta(hours=rng.lognormvariate(3.3, 1.0)))
-                plans.append((k, user_ids[email], name, email, affiliation, org_type, country, status, submitted, decided))
+                plans.append(
+                    (k, user_ids[email], name, email, affiliation, org_type, country, status, submitted, decided)
+                )
             acceptances = LicenseAcceptance.objects.bulk_create(
-                [LicenseAcceptance(user_id=plan[1], release=releases[plan[0] % N_RELEASES],
-                                   license_version=versions[plan[0] % N_RELEASES], ip_address="192.0.2.1",
-                                   user_agent="bench") for plan in plans],
+                [
+                    LicenseAcceptance(
+                        user_id=plan[1],
+                        release=releases[plan[0] % N_RELEASES],
+                        license_version=versions[plan[0] % N_RELEASES],
+                        ip_address="192.0.2.1",
+                        user_agent="bench",
+                    )
+                    for plan in plans
+                ],
                 batch_size=1000,
             )
             Application.objects.bulk_create(
                 [
                     Application(
-                        applicant_id=user_id, release=releases[k % N_RELEASES], status=status, full_name=name,
-                        email=email, affiliation=affiliation, organization_type=org_type, role="Researcher",
-                        country=country, research_purpose=PURPOSE, intended_use="Evaluation only.",
-                        publications=["doi:10.1234/bench"], license_acceptance=acceptance,
-                        non_commercial_attested=True, submitted_ip="192.0.2.1", submitted_at=submitted,
-                        decided_at=decided, decided_by=reviewer if decided and status != "withdrawn" else None,
+                        applicant_id=user_id,
+                        release=releases[k % N_RELEASES],
+                        status=status,
+                        full_name=name,
+                        email=email,
+                        affiliation=affiliation,
+                        organization_type=org_type,
+                        role="Researcher",
+                        country=country,
+                        research_purpose=PURPOSE,
+                        intended_use="Evaluation only.",
+                        publications=["doi:10.1234/bench"],
+                        license_acceptance=acceptance,
+                        non_commercial_attested=True,
+                        submitted_ip="192.0.2.1",
+                        submitted_at=submitted,
+                        decided_at=decided,
+                        decided_by=reviewer if decided and status != "withdrawn" else None,
                         reviewer=reviewer if status in ("in_review", "approved", "rejected") else None,
                         rejection_reason="Out of scope." if status == "rejected" else "",
                     )
-                    for (k, user_id, name, email, affiliation, org_type, country, status, submitted, decided), acceptance
-                    in zip(plans, acceptances, strict=True)
+                    for (
+                        k,
+                        user_id,
+                        name,
+                        email,
+                        affiliation,
+                        org_type,
+                        country,
+                        status,
+                        submitted,
+                        decided,
+                    ), acceptance in zip(plans, acceptances, strict=True)
                 ],
                 batch_size=1000,
             )
@@ -236,8 +379,10 @@ def measure(
         response = client.get(url, params)
     slowest = sorted(queries.captured_queries, key=lambda q: float(q["time"]), reverse=True)[:3]
     return {
-        "median": statistics.median(timings), "p90": _percentile_90(timings),
-        "matches": response.context["paginator"].count, "rows": len(response.context["page"].object_list),
+        "median": statistics.median(timings),
+        "p90": _percentile_90(timings),
+        "matches": response.context["paginator"].count,
+        "rows": len(response.context["page"].object_list),
         "slowest": [(float(q["time"]) * 1000, q["sql"]) for q in slowest],
     }
 
@@ -281,17 +426,27 @@ def main() -> int:
     print(f"\nDatabase: {connection.vendor} ({connection.settings_dict['NAME']}), {args.applications:,} applications")
     print(f"Reviewer queue, {args.requests} timed requests per scenario (page size 50):\n")
     print(f"{'scenario':<24} {'matches':>8} {'median ms':>10} {'p90 ms':>8} {'target ms':>10} {'ratio':>7}")
+
     def report(name: str, result: dict[str, Any]) -> None:
-        print(f"{name:<24} {result['matches']:>8,} {result['median']:>10.1f} {result['p90']:>8.1f} "
-              f"{TARGET_MEDIAN_MS:>10.0f} {result['median'] / TARGET_MEDIAN_MS:>7.2f}")
+        print(
+            f"{name:<24} {result['matches']:>8,} {result['median']:>10.1f} {result['p90']:>8.1f} "
+            f"{TARGET_MEDIAN_MS:>10.0f} {result['median'] / TARGET_MEDIAN_MS:>7.2f}"
+        )
 
     results = {}
     for name, params in scenarios.items():
         results[name] = measure(client, url, {**params, "per_page": 50}, requests=args.requests)
         report(name, results[name])
-    report("filtered, cold metrics", measure(
-        client, url, {**scenarios["filtered + searched"], "per_page": 50}, requests=args.requests, cold_metrics=True,
-    ))
+    report(
+        "filtered, cold metrics",
+        measure(
+            client,
+            url,
+            {**scenarios["filtered + searched"], "per_page": 50},
+            requests=args.requests,
+            cold_metrics=True,
+        ),
+    )
     print("(cold metrics: the figures' 60-second cache dropped before every request, the worst case)")
     counts = query_counts(client, url, scenarios["filtered + searched"])
     constant = len({queries for queries, _ in counts.values()}) == 1
@@ -306,9 +461,11 @@ def main() -> int:
 
     headline = results["filtered + searched"]
     met = headline["median"] < TARGET_MEDIAN_MS and constant
-    print(f"\nResult: median {headline['median']:.1f} ms vs target {TARGET_MEDIAN_MS:.0f} ms "
-          f"(ratio {headline['median'] / TARGET_MEDIAN_MS:.2f}); query count constant: {constant}. "
-          f"{'Targets met.' if met else 'Targets NOT met.'}")
+    print(
+        f"\nResult: median {headline['median']:.1f} ms vs target {TARGET_MEDIAN_MS:.0f} ms "
+        f"(ratio {headline['median'] / TARGET_MEDIAN_MS:.2f}); query count constant: {constant}. "
+        f"{'Targets met.' if met else 'Targets NOT met.'}"
+    )
     return 0 if met else 1
 
 

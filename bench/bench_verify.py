@@ -70,8 +70,13 @@ def main() -> int:
         subprocess.run(["sha256sum", *names], check=True, stdout=subprocess.DEVNULL)
 
     def sha256sum_parallel() -> None:
-        subprocess.run(["xargs", f"-P{cores}", "-n1", "sha256sum"], input="\n".join(names), text=True, check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            ["xargs", f"-P{cores}", "-n1", "sha256sum"],
+            input="\n".join(names),
+            text=True,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
 
     results = {}
     for label, function in [

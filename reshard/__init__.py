@@ -64,9 +64,13 @@ def inspect(src: str | os.PathLike[str], *, arch: str | None = None) -> InspectR
     source = open_source(src, arch=arch)
     try:
         return InspectResult(
-            path=str(Path(src)), format=source.format, architecture=config_to_json(source.config),
-            architecture_from=source.architecture_from, tp=source.tp,
-            dtype=str(source.dtype).removeprefix("torch."), parameter_count=source.layout.parameter_count,
+            path=str(Path(src)),
+            format=source.format,
+            architecture=config_to_json(source.config),
+            architecture_from=source.architecture_from,
+            tp=source.tp,
+            dtype=str(source.dtype).removeprefix("torch."),
+            parameter_count=source.layout.parameter_count,
             files=[{"path": str(f), "size": f.stat().st_size} for f in source.files],
         )
     finally:
@@ -74,8 +78,28 @@ def inspect(src: str | os.PathLike[str], *, arch: str | None = None) -> InspectR
 
 
 __all__ = [
-    "EXIT_BAD_INPUT", "EXIT_INTERNAL", "EXIT_OK", "EXIT_UNSAFE_PICKLE", "EXIT_USAGE", "EXIT_VERIFY_FAILED",
-    "ArchitectureError", "ConvertResult", "FileInfo", "FormatError", "InspectResult", "MismatchError",
-    "ReshardError", "UnsafePickleError", "UsageError", "VerificationError", "VerifyResult", "clean_stale",
-    "convert", "inspect", "load_native", "native_config", "save_state", "verify",
+    "EXIT_BAD_INPUT",
+    "EXIT_INTERNAL",
+    "EXIT_OK",
+    "EXIT_UNSAFE_PICKLE",
+    "EXIT_USAGE",
+    "EXIT_VERIFY_FAILED",
+    "ArchitectureError",
+    "ConvertResult",
+    "FileInfo",
+    "FormatError",
+    "InspectResult",
+    "MismatchError",
+    "ReshardError",
+    "UnsafePickleError",
+    "UsageError",
+    "VerificationError",
+    "VerifyResult",
+    "clean_stale",
+    "convert",
+    "inspect",
+    "load_native",
+    "native_config",
+    "save_state",
+    "verify",
 ]

@@ -35,8 +35,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m reshard", description=__doc__, epilog=EPILOG,
-                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(
+        prog="python -m reshard",
+        description=__doc__,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     p = sub.add_parser("inspect", help="format, architecture, tp, dtype, parameter count, files")
     p.add_argument("src")
@@ -68,28 +72,42 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(info.to_json(), indent=2, sort_keys=True))
             else:
                 arch = info.architecture
-                print(f"format:      {info.format}\narchitecture: {arch['name']} ({arch['family']}, {arch['n_layer']} layers, "
-                      f"{arch['n_head']} heads, hidden {arch['n_embd']}, vocab {arch['vocab_size']}) "
-                      f"[from {info.architecture_from}]\ntp:          {info.tp}\ndtype:       {info.dtype}\n"
-                      f"parameters:  {info.parameter_count:,}\nfiles:       {len(info.files)}")
+                print(
+                    f"format:      {info.format}\narchitecture: {arch['name']} ({arch['family']}, {arch['n_layer']} layers, "
+                    f"{arch['n_head']} heads, hidden {arch['n_embd']}, vocab {arch['vocab_size']}) "
+                    f"[from {info.architecture_from}]\ntp:          {info.tp}\ndtype:       {info.dtype}\n"
+                    f"parameters:  {info.parameter_count:,}\nfiles:       {len(info.files)}"
+                )
                 for f in info.files:
                     print(f"  {f['path']}  {f['size']:,} bytes")
         elif args.command == "convert":
             bar = None if args.quiet else ProgressBar("convert")
-            result = reshard.convert(args.src, args.dst, to=args.to, tp=args.tp, dtype=args.dtype, arch=args.arch,
-                                     progress=bar, fsync=args.fsync)
+            result = reshard.convert(
+                args.src,
+                args.dst,
+                to=args.to,
+                tp=args.tp,
+                dtype=args.dtype,
+                arch=args.arch,
+                progress=bar,
+                fsync=args.fsync,
+            )
             if args.json:
                 print(json.dumps(result.to_json(), indent=2, sort_keys=True))
             else:
-                print(f"converted {result.dst} ({result.format}, tp={result.tp}, {result.dtype}, "
-                      f"{result.parameter_count:,} parameters, {len(result.files)} files, {result.seconds:.1f}s)")
+                print(
+                    f"converted {result.dst} ({result.format}, tp={result.tp}, {result.dtype}, "
+                    f"{result.parameter_count:,} parameters, {len(result.files)} files, {result.seconds:.1f}s)"
+                )
         else:
             vresult = reshard.verify(args.dir, against=args.against)
             if args.json:
                 print(json.dumps(vresult.to_json(), indent=2, sort_keys=True))
             else:
                 extra = f", logits max diff {vresult.numerics['max_abs_diff']:.3g}" if vresult.numerics else ""
-                print(f"verified {vresult.path} ({vresult.format}, tp={vresult.tp}, {vresult.files_checked} files{extra})")
+                print(
+                    f"verified {vresult.path} ({vresult.format}, tp={vresult.tp}, {vresult.files_checked} files{extra})"
+                )
     except ReshardError as exc:
         sys.stderr.write(f"reshard: error: {exc}\n")
         return exc.exit_code

@@ -39,8 +39,14 @@ from reshard.sources import (
 from training import hf_name_map
 
 FORMATS = ("native", "hf", "metaseq")
-DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32,
-          "float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+DTYPES = {
+    "fp16": torch.float16,
+    "bf16": torch.bfloat16,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float32": torch.float32,
+}
 TMP_MARK = ".reshard-tmp-"
 HF_MAX_SHARD_BYTES = 5 * 1024**3  # transformers' default shard size
 Progress = Callable[[int, int, int, int], None]  # bytes_done, bytes_total, tensors_done, tensors_total
@@ -178,8 +184,13 @@ def _metaseq_plan(layout: ModelLayout, parts: int, dtype: torch.dtype) -> list[_
         version = TensorRef(str(len(layout.names)), torch.float32, (1,))
         model[metaseq.VERSION_BUFFER] = version
         out.trailing.append((version, torch.tensor([3.0])))
-        out.pickle_obj = {"model": model, "cfg": metaseq.cfg_from_config(cfg, parts), "extra_state": {},
-                          "optimizer_history": [], "args": None}
+        out.pickle_obj = {
+            "model": model,
+            "cfg": metaseq.cfg_from_config(cfg, parts),
+            "extra_state": {},
+            "optimizer_history": [],
+            "args": None,
+        }
         outs.append(out)
     return outs
 
@@ -246,9 +257,18 @@ def resolve_dtype(dtype: str | torch.dtype | None, default: torch.dtype) -> torc
     return DTYPES[dtype]
 
 
-def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, to: str, tp: int | None = None,
-            dtype: str | torch.dtype | None = None, arch: str | None = None, progress: Progress | None = None,
-            max_shard_bytes: int = HF_MAX_SHARD_BYTES, fsync: bool = False) -> ConvertResult:
+def convert(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    *,
+    to: str,
+    tp: int | None = None,
+    dtype: str | torch.dtype | None = None,
+    arch: str | None = None,
+    progress: Progress | None = None,
+    max_shard_bytes: int = HF_MAX_SHARD_BYTES,
+    fsync: bool = False,
+) -> ConvertResult:
     """Convert the checkpoint at ``src`` to format ``to`` at ``dst`` (which must not exist).
 
     ``tp`` defaults to the source's tensor-parallel degree (native, metaseq) and must be 1 for
@@ -267,26 +287,61 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, to: str
     clean_stale(dst)
     source = open_source(src, arch=arch)
     try:
-        return _convert(source, dst, to=to, tp=tp, dtype=dtype, progress=progress,
-                        max_shard_bytes=max_shard_bytes, started=started, fsync=fsync)
+        return _convert(
+            source,
+            dst,
+            to=to,
+            tp=tp,
+            dtype=dtype,
+            progress=progress,
+            max_shard_bytes=max_shard_bytes,
+            started=started,
+            fsync=fsync,
+        )
     finally:
         source.close()
 
 
-def save_state(state: dict[str, torch.Tensor], config: Any, dst: str | os.PathLike[str], *, to: str = "native",
-               tp: int = 1, dtype: str | torch.dtype | None = None) -> ConvertResult:
+def save_state(
+    state: dict[str, torch.Tensor],
+    config: Any,
+    dst: str | os.PathLike[str],
+    *,
+    to: str = "native",
+    tp: int = 1,
+    dtype: str | torch.dtype | None = None,
+) -> ConvertResult:
     """Write full tensors under our names (e.g. ``training.gather_full_state(model)``) in any
     output layout, with the same guarantees as ``convert``."""
     dst = Path(dst).absolute()
     if dst.exists():
         raise UsageError(f"{dst} already exists; remove it or choose another destination")
     clean_stale(dst)
-    return _convert(StateSource(state, config), dst, to=to, tp=tp, dtype=dtype, progress=None,
-                    max_shard_bytes=HF_MAX_SHARD_BYTES, started=time.monotonic(), fsync=False)
+    return _convert(
+        StateSource(state, config),
+        dst,
+        to=to,
+        tp=tp,
+        dtype=dtype,
+        progress=None,
+        max_shard_bytes=HF_MAX_SHARD_BYTES,
+        started=time.monotonic(),
+        fsync=False,
+    )
 
 
-def _convert(source: Source, dst: Path, *, to: str, tp: int | None, dtype: str | torch.dtype | None,
-             progress: Progress | None, max_shard_bytes: int, started: float, fsync: bool) -> ConvertResult:
+def _convert(
+    source: Source,
+    dst: Path,
+    *,
+    to: str,
+    tp: int | None,
+    dtype: str | torch.dtype | None,
+    progress: Progress | None,
+    max_shard_bytes: int,
+    started: float,
+    fsync: bool,
+) -> ConvertResult:
     cfg, layout = source.config, source.layout
     out_dtype = resolve_dtype(dtype, source.dtype)
     if to == "hf":
@@ -304,8 +359,10 @@ def _convert(source: Source, dst: Path, *, to: str, tp: int | None, dtype: str |
     if to == "metaseq" and cfg.family != "opt":
         raise UsageError(f"--to metaseq: metaseq holds OPT models only; {cfg.name} is {cfg.family}")
     if to == "hf" and cfg.family == "mixtral" and cfg.moe_every != 1:
-        raise UsageError(f"--to hf: {cfg.name} puts experts in every {cfg.moe_every} layers, which transformers' "
-                         f"Mixtral cannot express; use --to native")
+        raise UsageError(
+            f"--to hf: {cfg.name} puts experts in every {cfg.moe_every} layers, which transformers' "
+            f"Mixtral cannot express; use --to native"
+        )
 
     if to == "native":
         outs = _native_plan(layout, out_tp, out_dtype)
@@ -325,21 +382,32 @@ def _convert(source: Source, dst: Path, *, to: str, tp: int | None, dtype: str |
         extra: list[tuple[str, bytes]] = []
         if to == "native":
             meta = {
-                "format": NATIVE_FORMAT, "format_version": NATIVE_VERSION, "model": config_to_json(cfg),
-                "tp_size": out_tp, "dtype": dtype_name,
-                "vocab_padding": {"rule": "round vocab_size up to a multiple of `multiple`; independent of tp",
-                                  "multiple": cfg.pad_vocab_multiple, "vocab_size": cfg.vocab_size,
-                                  "padded_vocab_size": cfg.padded_vocab_size},
-                "files": [o.name for o in outs], "parameter_count": layout.parameter_count,
+                "format": NATIVE_FORMAT,
+                "format_version": NATIVE_VERSION,
+                "model": config_to_json(cfg),
+                "tp_size": out_tp,
+                "dtype": dtype_name,
+                "vocab_padding": {
+                    "rule": "round vocab_size up to a multiple of `multiple`; independent of tp",
+                    "multiple": cfg.pad_vocab_multiple,
+                    "vocab_size": cfg.vocab_size,
+                    "padded_vocab_size": cfg.padded_vocab_size,
+                },
+                "files": [o.name for o in outs],
+                "parameter_count": layout.parameter_count,
             }
             extra.append(("config.json", (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode()))
         elif to == "hf":
-            extra.append(("config.json", (json.dumps(cfg.to_hf(dtype=dtype_name), indent=2, sort_keys=True) + "\n").encode()))
+            extra.append(
+                ("config.json", (json.dumps(cfg.to_hf(dtype=dtype_name), indent=2, sort_keys=True) + "\n").encode())
+            )
             if len(outs) > 1:
                 weight_map = {stored: o.name for o in outs for stored, _, _ in o.items}
                 total = sum(e.nbytes for o in outs for e in o.entries)
                 index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-                extra.append(("model.safetensors.index.json", (json.dumps(index, indent=2, sort_keys=True) + "\n").encode()))
+                extra.append(
+                    ("model.safetensors.index.json", (json.dumps(index, indent=2, sort_keys=True) + "\n").encode())
+                )
         for name, data in extra:
             (tmp / name).write_bytes(data)
             infos.append(FileInfo(name, len(data), hashlib.sha256(data).hexdigest()))
@@ -364,16 +432,25 @@ def _convert(source: Source, dst: Path, *, to: str, tp: int | None, dtype: str |
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return ConvertResult(
-        dst=str(dst), format=to, source_format=source.format, architecture=cfg.name, tp=out_tp,
-        dtype=str(out_dtype).removeprefix("torch."), parameter_count=layout.parameter_count,
-        files=[i for i in listed], seconds=round(time.monotonic() - started, 3),
+        dst=str(dst),
+        format=to,
+        source_format=source.format,
+        architecture=cfg.name,
+        tp=out_tp,
+        dtype=str(out_dtype).removeprefix("torch."),
+        parameter_count=layout.parameter_count,
+        files=[i for i in listed],
+        seconds=round(time.monotonic() - started, 3),
     )
 
 
-def _write_all(source: Source, tmp: Path, outs: list[_Out], out_dtype: torch.dtype,
-               progress: Progress | None) -> list[FileInfo]:
+def _write_all(
+    source: Source, tmp: Path, outs: list[_Out], out_dtype: torch.dtype, progress: Progress | None
+) -> list[FileInfo]:
     layout = source.layout
-    total_bytes = sum(e.nbytes for o in outs for e in (o.entries or [TensorEntry(k, r.dtype, r.shape) for k, r in o.refs.items()]))
+    total_bytes = sum(
+        e.nbytes for o in outs for e in (o.entries or [TensorEntry(k, r.dtype, r.shape) for k, r in o.refs.items()])
+    )
     total_tensors = len(layout.names)
     writers: list[Any] = []
     infos: list[FileInfo] = []

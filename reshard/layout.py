@@ -26,7 +26,6 @@ from training import (
 )
 from training import meta_model as training_meta_model
 
-
 _SINGLE = TPGroup(group=None, rank=0, world_size=1)
 
 
@@ -68,8 +67,12 @@ class ModelLayout:
         # An explicit group of one: under torchrun, group=None would mean the whole world.
         model = meta_model(config, _SINGLE)
         params = list(model.named_parameters())
-        return cls(config=config, names=tuple(n for n, _ in params),
-                   shapes={n: tuple(p.shape) for n, p in params}, specs=sharding_plan(model))
+        return cls(
+            config=config,
+            names=tuple(n for n, _ in params),
+            shapes={n: tuple(p.shape) for n, p in params},
+            specs=sharding_plan(model),
+        )
 
     def local_shape(self, name: str, rank: int, world: int) -> tuple[int, ...]:
         shape = list(self.shapes[name])
@@ -92,7 +95,9 @@ class ModelLayout:
         return total
 
 
-def rank_piece(full: torch.Tensor, spec: ShardSpec, rank: int, world: int, scratch: Scratch | None = None) -> torch.Tensor:
+def rank_piece(
+    full: torch.Tensor, spec: ShardSpec, rank: int, world: int, scratch: Scratch | None = None
+) -> torch.Tensor:
     """Rank ``rank``'s shard of ``full``: a view when one contiguous slice suffices (replicated
     tensors, plain dim-0 splits), else a copy (into ``scratch``'s "piece" slot when given)."""
     if isinstance(spec, Replicated) or world == 1:
@@ -112,13 +117,21 @@ def local_block_sizes(spec: ShardSpec, full_shape: tuple[int, ...], world: int) 
     """Sizes, along the split dim, of the pieces a rank's shard is made of (one per fused block)."""
     if isinstance(spec, Replicated):
         return []
-    return [idx[spec.dim % len(full_shape)].stop - idx[spec.dim % len(full_shape)].start
-            for idx in shard_slices(spec, full_shape, 0, world)]
+    return [
+        idx[spec.dim % len(full_shape)].stop - idx[spec.dim % len(full_shape)].start
+        for idx in shard_slices(spec, full_shape, 0, world)
+    ]
 
 
-def assemble(full_shape: tuple[int, ...], spec: ShardSpec, world: int, dtype: torch.dtype,
-             local: Callable[[int], torch.Tensor], block_order: tuple[int, ...] | None = None,
-             out: torch.Tensor | None = None) -> torch.Tensor:
+def assemble(
+    full_shape: tuple[int, ...],
+    spec: ShardSpec,
+    world: int,
+    dtype: torch.dtype,
+    local: Callable[[int], torch.Tensor],
+    block_order: tuple[int, ...] | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
     """The full tensor from ``world`` shards, copied straight into one new tensor.
 
     ``local(rank)`` returns rank ``rank``'s shard (it may be a view of a memory-mapped file or of
@@ -145,8 +158,9 @@ def assemble(full_shape: tuple[int, ...], spec: ShardSpec, world: int, dtype: to
     return full
 
 
-def reorder_blocks(shard: torch.Tensor, spec: ShardSpec, full_shape: tuple[int, ...], world: int,
-                   block_order: tuple[int, ...]) -> torch.Tensor:
+def reorder_blocks(
+    shard: torch.Tensor, spec: ShardSpec, full_shape: tuple[int, ...], world: int, block_order: tuple[int, ...]
+) -> torch.Tensor:
     """A shard in our block order rewritten with its blocks in ``block_order``."""
     if not isinstance(spec, Shard):
         return shard

@@ -69,26 +69,43 @@ def config_from_cfg(cfg: Any, *, vocab_rows: int, file: str) -> ModelConfig:
 
     def need(key: str) -> Any:
         if model.get(key) is None:
-            raise ArchitectureError(f"{file}: cfg['model'] has no {key!r}; pass --arch NAME, one of {', '.join(CONFIGS)}")
+            raise ArchitectureError(
+                f"{file}: cfg['model'] has no {key!r}; pass --arch NAME, one of {', '.join(CONFIGS)}"
+            )
         return model[key]
 
-    for key, supported in (("decoder_learned_pos", True), ("share_decoder_input_output_embed", True),
-                           ("activation_fn", "relu"), ("no_scale_embedding", True)):
+    for key, supported in (
+        ("decoder_learned_pos", True),
+        ("share_decoder_input_output_embed", True),
+        ("activation_fn", "relu"),
+        ("no_scale_embedding", True),
+    ):
         if key in model and model[key] is not None and model[key] != supported:
-            raise ArchitectureError(f"{file}: cfg['model'][{key!r}]={model[key]!r} is not supported (only {supported!r})")
+            raise ArchitectureError(
+                f"{file}: cfg['model'][{key!r}]={model[key]!r} is not supported (only {supported!r})"
+            )
     embed_dim = int(need("decoder_embed_dim"))
     proj = model.get("decoder_input_dim")
     if vocab_rows % 8:
-        raise ArchitectureError(f"{file}: embedding has {vocab_rows} rows, not a multiple of 8 (the OPT padding rule); "
-                                f"pass --arch NAME to state the vocabulary")
+        raise ArchitectureError(
+            f"{file}: embedding has {vocab_rows} rows, not a multiple of 8 (the OPT padding rule); "
+            f"pass --arch NAME to state the vocabulary"
+        )
     try:
         found = ModelConfig(
-            family="opt", name="metaseq-opt", vocab_size=vocab_rows,
-            n_layer=int(need("decoder_layers")), n_head=int(need("decoder_attention_heads")), n_embd=embed_dim,
-            ffn_dim=int(need("decoder_ffn_embed_dim")), max_seq_len=int(need("max_target_positions")),
+            family="opt",
+            name="metaseq-opt",
+            vocab_size=vocab_rows,
+            n_layer=int(need("decoder_layers")),
+            n_head=int(need("decoder_attention_heads")),
+            n_embd=embed_dim,
+            ffn_dim=int(need("decoder_ffn_embed_dim")),
+            max_seq_len=int(need("max_target_positions")),
             pre_norm=bool(model.get("decoder_normalize_before", True)),
             word_embed_proj_dim=None if proj in (None, embed_dim) else int(proj),
-            bos_token_id=2, eos_token_id=2, pad_token_id=1,
+            bos_token_id=2,
+            eos_token_id=2,
+            pad_token_id=1,
         )
     except ValueError as exc:
         raise FormatError(f"{file}: cfg['model'] does not describe a valid model: {exc}") from None
@@ -104,12 +121,18 @@ def cfg_from_config(cfg: ModelConfig, parts: int) -> dict[str, Any]:
     return {
         "model": {
             "_name": "transformer_lm_megatron",
-            "decoder_layers": cfg.n_layer, "decoder_embed_dim": cfg.n_embd,
-            "decoder_attention_heads": cfg.n_head, "decoder_ffn_embed_dim": cfg.ffn_dim,
-            "max_target_positions": cfg.max_seq_len, "decoder_learned_pos": True,
-            "decoder_normalize_before": cfg.pre_norm, "share_decoder_input_output_embed": True,
-            "decoder_input_dim": cfg.embed_dim, "decoder_output_dim": cfg.embed_dim,
-            "activation_fn": "relu", "no_scale_embedding": True,
+            "decoder_layers": cfg.n_layer,
+            "decoder_embed_dim": cfg.n_embd,
+            "decoder_attention_heads": cfg.n_head,
+            "decoder_ffn_embed_dim": cfg.ffn_dim,
+            "max_target_positions": cfg.max_seq_len,
+            "decoder_learned_pos": True,
+            "decoder_normalize_before": cfg.pre_norm,
+            "share_decoder_input_output_embed": True,
+            "decoder_input_dim": cfg.embed_dim,
+            "decoder_output_dim": cfg.embed_dim,
+            "activation_fn": "relu",
+            "no_scale_embedding": True,
         },
         "common": {"model_parallel_size": parts},
     }

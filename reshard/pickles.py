@@ -79,8 +79,19 @@ _OMEGACONF_GLOBALS: list[tuple[Any, str]] = [
     (_ListConfig, "omegaconf.listconfig.ListConfig"),
     (_Metadata, "omegaconf.base.ContainerMetadata"),
     (_Metadata, "omegaconf.base.Metadata"),
-    *[(_Node, f"omegaconf.nodes.{kind}") for kind in
-      ("AnyNode", "StringNode", "IntegerNode", "FloatNode", "BooleanNode", "EnumNode", "BytesNode", "PathNode")],
+    *[
+        (_Node, f"omegaconf.nodes.{kind}")
+        for kind in (
+            "AnyNode",
+            "StringNode",
+            "IntegerNode",
+            "FloatNode",
+            "BooleanNode",
+            "EnumNode",
+            "BytesNode",
+            "PathNode",
+        )
+    ],
     (_AnyType, "typing.Any"),
     (dict, "builtins.dict"),
     (list, "builtins.list"),
@@ -227,9 +238,15 @@ def release(tensor: torch.Tensor) -> None:
 # --------------------------------------------------------------------------------------------
 
 _STORAGE_TYPES = {
-    torch.float32: "FloatStorage", torch.float16: "HalfStorage", torch.bfloat16: "BFloat16Storage",
-    torch.float64: "DoubleStorage", torch.int64: "LongStorage", torch.int32: "IntStorage",
-    torch.int8: "CharStorage", torch.uint8: "ByteStorage", torch.bool: "BoolStorage",
+    torch.float32: "FloatStorage",
+    torch.float16: "HalfStorage",
+    torch.bfloat16: "BFloat16Storage",
+    torch.float64: "DoubleStorage",
+    torch.int64: "LongStorage",
+    torch.int32: "IntStorage",
+    torch.int8: "CharStorage",
+    torch.uint8: "ByteStorage",
+    torch.bool: "BoolStorage",
 }
 _DATE = (1980, 1, 1, 0, 0, 0)
 _ALIGN = 64
@@ -323,8 +340,10 @@ class TorchZipWriter:
         if self._next >= len(self.refs) or self.refs[self._next] is not ref:
             raise RuntimeError(f"{self.path}: tensors must be written in plan order")
         if tensor.dtype != ref.dtype or tuple(tensor.shape) != ref.shape:
-            raise RuntimeError(f"{self.path}: record {ref.key} is {tensor.dtype} {tuple(tensor.shape)}, planned "
-                               f"{ref.dtype} {ref.shape}")
+            raise RuntimeError(
+                f"{self.path}: record {ref.key} is {tensor.dtype} {tuple(tensor.shape)}, planned "
+                f"{ref.dtype} {ref.shape}"
+            )
         data = tensor_bytes(tensor)
         self._record(f"data/{ref.key}", data)
         self._next += 1

@@ -27,9 +27,11 @@ class ProgressBar:
         filled = int(frac * self.width)
         elapsed = now - self.started
         rate = bytes_done / elapsed / 2**20 if elapsed > 0 else 0.0
-        line = (f"{self.label} [{'#' * filled}{'.' * (self.width - filled)}] {frac * 100:5.1f}% "
-                f"{bytes_done / 2**20:,.0f}/{bytes_total / 2**20:,.0f} MiB {tensors_done}/{tensors_total} tensors "
-                f"{rate:,.0f} MiB/s {elapsed:,.1f}s")
+        line = (
+            f"{self.label} [{'#' * filled}{'.' * (self.width - filled)}] {frac * 100:5.1f}% "
+            f"{bytes_done / 2**20:,.0f}/{bytes_total / 2**20:,.0f} MiB {tensors_done}/{tensors_total} tensors "
+            f"{rate:,.0f} MiB/s {elapsed:,.1f}s"
+        )
         if self._tty:
             self.stream.write("\r" + line + ("\n" if final else ""))
         else:

@@ -12,6 +12,7 @@ process's resident memory.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import struct
@@ -25,9 +26,18 @@ import torch
 from reshard.errors import FormatError
 
 DTYPE_CODES: dict[torch.dtype, str] = {
-    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
-    torch.bool: "BOOL", torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2",
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+    torch.float8_e4m3fn: "F8_E4M3",
+    torch.float8_e5m2: "F8_E5M2",
 }
 CODE_DTYPES = {code: dtype for dtype, code in DTYPE_CODES.items()}
 _MAX_HEADER = 100 * 1024 * 1024  # the library's own limit
@@ -70,8 +80,11 @@ def _header_bytes(entries: list[TensorEntry], metadata: dict[str, str]) -> bytes
     for entry in entries:
         if entry.dtype not in DTYPE_CODES:
             raise ValueError(f"tensor {entry.name!r}: dtype {entry.dtype} has no safetensors code")
-        header[entry.name] = {"dtype": DTYPE_CODES[entry.dtype], "shape": list(entry.shape),
-                              "data_offsets": [offset, offset + entry.nbytes]}
+        header[entry.name] = {
+            "dtype": DTYPE_CODES[entry.dtype],
+            "shape": list(entry.shape),
+            "data_offsets": [offset, offset + entry.nbytes],
+        }
         offset += entry.nbytes
     raw = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # 8-byte aligned data, as the library writes it
@@ -177,7 +190,9 @@ class SafetensorsWriter:
     computed on the way. Header keys are sorted, so the bytes depend only on names, dtypes,
     shapes, order and values."""
 
-    def __init__(self, path: str | os.PathLike[str], entries: list[TensorEntry], metadata: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], entries: list[TensorEntry], metadata: dict[str, str] | None = None
+    ) -> None:
         if len({e.name for e in entries}) != len(entries):
             raise ValueError(f"{path}: duplicate tensor names")
         self.path = Path(path)
@@ -200,8 +215,10 @@ class SafetensorsWriter:
         if name != entry.name:
             raise RuntimeError(f"{self.path}: expected tensor {entry.name!r} next, got {name!r}")
         if tensor.dtype != entry.dtype or tuple(tensor.shape) != entry.shape:
-            raise RuntimeError(f"{self.path}: tensor {name!r} is {tensor.dtype} {tuple(tensor.shape)}, "
-                               f"planned {entry.dtype} {entry.shape}")
+            raise RuntimeError(
+                f"{self.path}: tensor {name!r} is {tensor.dtype} {tuple(tensor.shape)}, "
+                f"planned {entry.dtype} {entry.shape}"
+            )
         self._emit(tensor_bytes(tensor))
         self._next += 1
         return entry.nbytes
@@ -210,8 +227,10 @@ class SafetensorsWriter:
         """(size, sha256); fails if a planned tensor was never written."""
         if self._next != len(self.entries):
             self._file.abort()
-            raise RuntimeError(f"{self.path}: {len(self.entries) - self._next} planned tensors were never written "
-                               f"(first: {self.entries[self._next].name!r})")
+            raise RuntimeError(
+                f"{self.path}: {len(self.entries) - self._next} planned tensors were never written "
+                f"(first: {self.entries[self._next].name!r})"
+            )
         return self._file.close()
 
     def abort(self) -> None:
@@ -241,8 +260,10 @@ class SafetensorsReader:
             raise FormatError(f"{self.path}: truncated safetensors file ({file_size} bytes, no header)")
         (header_len,) = struct.unpack("<Q", raw)
         if header_len > _MAX_HEADER or 8 + header_len > file_size:
-            raise FormatError(f"{self.path}: corrupt or truncated safetensors header (claims {header_len} bytes, "
-                              f"file has {file_size})")
+            raise FormatError(
+                f"{self.path}: corrupt or truncated safetensors header (claims {header_len} bytes, "
+                f"file has {file_size})"
+            )
         try:
             header = json.loads(os.pread(self._fd, header_len, 8))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -263,15 +284,19 @@ class SafetensorsReader:
                 raise FormatError(f"{self.path}: corrupt safetensors header entry for {name!r}: {info!r}") from None
             entry = TensorEntry(name, dtype, shape)
             if end - begin != entry.nbytes or begin < 0:
-                raise FormatError(f"{self.path}: tensor {name!r} has data_offsets {[begin, end]} that do not match "
-                                  f"its shape {list(shape)} and dtype {info['dtype']}")
+                raise FormatError(
+                    f"{self.path}: tensor {name!r} has data_offsets {[begin, end]} that do not match "
+                    f"its shape {list(shape)} and dtype {info['dtype']}"
+                )
             if end > data_size:
-                raise FormatError(f"{self.path}: truncated: tensor {name!r} ends at byte {self.data_start + end} "
-                                  f"but the file has {file_size} bytes")
+                raise FormatError(
+                    f"{self.path}: truncated: tensor {name!r} ends at byte {self.data_start + end} "
+                    f"but the file has {file_size} bytes"
+                )
             self._info[name] = (dtype, shape, begin, end)
             spans.append((begin, end, name))
         spans.sort()
-        for (_, end, name), (begin, _, nxt) in zip(spans, spans[1:]):
+        for (_, end, name), (begin, _, nxt) in itertools.pairwise(spans):
             if begin < end:
                 raise FormatError(f"{self.path}: corrupt: tensors {name!r} and {nxt!r} overlap")
 

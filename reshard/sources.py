@@ -28,9 +28,19 @@ from training import CONFIGS, ModelConfig, Shard, get_config, hf_name_map
 
 NATIVE_FORMAT = "openrelease-native"
 NATIVE_VERSION = 1
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
-                   "merges.txt", "tokenizer.model", "added_tokens.json", "generation_config.json",
-                   "dict.txt", "gpt2-vocab.json", "gpt2-merges.txt")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "added_tokens.json",
+    "generation_config.json",
+    "dict.txt",
+    "gpt2-vocab.json",
+    "gpt2-merges.txt",
+)
 # transformers' old LLaMA exports stored the rotary inverse frequencies; we recompute them.
 _HF_IGNORED = re.compile(r".*\.rotary_emb\.inv_freq$")
 _FSDP_FILE = re.compile(r"^(?P<prefix>.+)-model_part-(?P<part>\d+)-shard(?P<shard>\d+)\.pt$")
@@ -42,8 +52,13 @@ def _listing(names: list[str], limit: int = 8) -> str:
     return shown + (f" (and {len(names) - limit} more)" if len(names) > limit else "")
 
 
-def check_complete(where: str, *, expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]],
-                   ignored: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+def check_complete(
+    where: str,
+    *,
+    expected: dict[str, tuple[int, ...]],
+    found: dict[str, tuple[int, ...]],
+    ignored: set[str] = frozenset(),
+) -> None:  # type: ignore[assignment]
     """Nothing dropped silently: every found tensor is expected or ignored, every expected one is
     found with the expected shape."""
     missing = sorted(n for n in expected if n not in found)
@@ -54,12 +69,17 @@ def check_complete(where: str, *, expected: dict[str, tuple[int, ...]], found: d
             parts.append(f"unused tensor(s) that match no parameter of the architecture: {_listing(unused)}")
         if missing:
             parts.append(f"missing tensor(s) the architecture requires: {_listing(missing)}")
-        raise MismatchError(f"{where}: " + "; ".join(parts) + ". Check --arch / the config, or the file set.",
-                            missing=missing, unused=unused)
+        raise MismatchError(
+            f"{where}: " + "; ".join(parts) + ". Check --arch / the config, or the file set.",
+            missing=missing,
+            unused=unused,
+        )
     wrong = [f"{n} is {list(found[n])}, expected {list(shape)}" for n, shape in expected.items() if found[n] != shape]
     if wrong:
-        raise MismatchError(f"{where}: shape mismatch: {_listing(wrong, 5)}. The weights do not belong to this "
-                            f"architecture (wrong --arch or config?)")
+        raise MismatchError(
+            f"{where}: shape mismatch: {_listing(wrong, 5)}. The weights do not belong to this "
+            f"architecture (wrong --arch or config?)"
+        )
 
 
 class Source:
@@ -154,15 +174,19 @@ class NativeSource(Source):
         self.config = config_from_json(meta.get("model") or {}, str(path / "config.json"))
         self.architecture_from = "checkpoint"
         if arch is not None and _arch(arch) != self.config:
-            raise ArchitectureError(f"{path}/config.json describes {self.config.name}, which differs from --arch {arch}; "
-                                    f"drop --arch (native checkpoints carry their architecture)")
+            raise ArchitectureError(
+                f"{path}/config.json describes {self.config.name}, which differs from --arch {arch}; "
+                f"drop --arch (native checkpoints carry their architecture)"
+            )
         self.tp = int(meta.get("tp_size", 0))
         if self.tp < 1:
             raise FormatError(f"{path}/config.json: tp_size={meta.get('tp_size')!r} is not a positive int")
         padding = meta.get("vocab_padding", {})
         if padding.get("multiple") != self.config.pad_vocab_multiple:
-            raise FormatError(f"{path}/config.json: vocab_padding.multiple={padding.get('multiple')!r} disagrees "
-                              f"with model.pad_vocab_multiple={self.config.pad_vocab_multiple}")
+            raise FormatError(
+                f"{path}/config.json: vocab_padding.multiple={padding.get('multiple')!r} disagrees "
+                f"with model.pad_vocab_multiple={self.config.pad_vocab_multiple}"
+            )
         self.layout = ModelLayout.of(self.config)
         self.files = [path / native_file_name(r, self.tp) for r in range(self.tp)]
         self.readers = [SafetensorsReader(f) for f in self.files]
@@ -176,7 +200,9 @@ class NativeSource(Source):
             check_complete(str(reader.path), expected=expected, found={k: reader.shape(k) for k in reader.keys()})
             wrong = [k for k in reader.keys() if reader.dtype(k) != self.dtype]
             if wrong:
-                raise MismatchError(f"{reader.path}: tensor(s) {_listing(wrong)} are not {self.dtype} as config.json says")
+                raise MismatchError(
+                    f"{reader.path}: tensor(s) {_listing(wrong)} are not {self.dtype} as config.json says"
+                )
 
     def _read(self, name: str, scratch: Scratch | None) -> torch.Tensor:
         spec, shape = self.layout.specs[name], self.layout.shapes[name]
@@ -209,8 +235,14 @@ class _HFTensors:
         self.bins: dict[str, dict[str, torch.Tensor]] = {}
         self.mapped: dict[str, bool] = {}
         self.where: dict[str, str] = {}
-        index = next((path / n for n in ("model.safetensors.index.json", "pytorch_model.bin.index.json")
-                      if (path / n).is_file()), None)
+        index = next(
+            (
+                path / n
+                for n in ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+                if (path / n).is_file()
+            ),
+            None,
+        )
         if (path / "model.safetensors").is_file():
             files = ["model.safetensors"]
         elif index is not None:
@@ -244,7 +276,9 @@ class _HFTensors:
         if index is not None and not (path / "model.safetensors").is_file():
             listed = set(weight_map)
             if listed != set(self.where):
-                raise MismatchError(f"{index}: index and files disagree on {_listing(sorted(listed ^ set(self.where)))}")
+                raise MismatchError(
+                    f"{index}: index and files disagree on {_listing(sorted(listed ^ set(self.where)))}"
+                )
         # transformers' OPT exports sometimes omit the "model." prefix ("decoder.layers.0...").
         self.prefix = "" if any(k.startswith("model.") for k in self.where) else "model."
 
@@ -294,7 +328,9 @@ class HFSource(Source):
         if config_file.is_file():
             try:
                 hf_config = json.loads(config_file.read_text())
-                self.config = ModelConfig.from_hf(hf_config)  # no path in the name: outputs must not depend on where SRC lies
+                self.config = ModelConfig.from_hf(
+                    hf_config
+                )  # no path in the name: outputs must not depend on where SRC lies
             except (json.JSONDecodeError, ValueError) as exc:
                 raise FormatError(f"{config_file}: {exc}") from None
             self.architecture_from = "checkpoint"
@@ -307,8 +343,9 @@ class HFSource(Source):
         else:
             forced = _arch(arch)
             if forced is None:
-                raise ArchitectureError(f"no architecture in {path} (no config.json); pass --arch NAME, one of "
-                                        f"{', '.join(CONFIGS)}")
+                raise ArchitectureError(
+                    f"no architecture in {path} (no config.json); pass --arch NAME, one of {', '.join(CONFIGS)}"
+                )
             self.config = forced
             self.architecture_from = "--arch"
         self.tensors = _HFTensors(path)
@@ -327,7 +364,9 @@ class HFSource(Source):
         check_complete(str(path), expected=expected, found=found, ignored=ignored)
         self.dtype = _dtype_of([self.tensors.dtype(n) for n in expected], str(path))
         if set(self.name_map) != set(self.layout.names):
-            raise RuntimeError(f"internal: hf name map and model disagree on {sorted(set(self.name_map) ^ set(self.layout.names))}")
+            raise RuntimeError(
+                f"internal: hf name map and model disagree on {sorted(set(self.name_map) ^ set(self.layout.names))}"
+            )
 
     def _read(self, name: str, scratch: Scratch | None) -> torch.Tensor:
         source = self.name_map[name]
@@ -336,8 +375,10 @@ class HFSource(Source):
             rows = self.tensors.shape("lm_head.weight")[0]
             head = self.tensors.read("lm_head.weight", (slice(0, rows), slice(None)))
             if not torch.equal(head, full[:rows]):
-                raise MismatchError(f"{self.path}: lm_head.weight is stored but differs from the embedding, although "
-                                    f"config.json ties them (tie_word_embeddings); refusing to drop it")
+                raise MismatchError(
+                    f"{self.path}: lm_head.weight is stored but differs from the embedding, although "
+                    f"config.json ties them (tie_word_embeddings); refusing to drop it"
+                )
         return full.to(self.dtype)
 
     def close(self) -> None:
@@ -396,8 +437,10 @@ def find_metaseq_files(path: Path) -> tuple[str, dict[int, dict[int, Path]] | di
     if not sets:
         raise FormatError(f"{path}: no metaseq files (*-model_part-P-shardS.pt or *-model_part-P.pt)")
     if len(sets) > 1:
-        raise UsageError(f"{path}: holds several checkpoints ({', '.join(s[1] for s in sets)}); pass one of their "
-                         f"files as SRC to pick one")
+        raise UsageError(
+            f"{path}: holds several checkpoints ({', '.join(s[1] for s in sets)}); pass one of their "
+            f"files as SRC to pick one"
+        )
     kind, prefix, files = sets[0]
     parts = sorted(files)
     if parts != list(range(len(parts))):
@@ -439,19 +482,28 @@ class MetaseqSource(Source):
             self.config = metaseq.config_from_cfg(first_cfg or {}, vocab_rows=vocab_rows, file=str(self.files[0]))
             self.architecture_from = "checkpoint"
         if self.config.padded_vocab_size % self.tp or self.config.n_head % self.tp:
-            raise MismatchError(f"{path}: {self.tp} parts cannot split {self.config.name} (heads {self.config.n_head}, "
-                                f"padded vocabulary {self.config.padded_vocab_size})")
+            raise MismatchError(
+                f"{path}: {self.tp} parts cannot split {self.config.name} (heads {self.config.n_head}, "
+                f"padded vocabulary {self.config.padded_vocab_size})"
+            )
         self.layout = ModelLayout.of(self.config)
         self.names = names(self.config)
         if self.config.padded_vocab_size != vocab_rows:
-            raise MismatchError(f"{path}: the embedding has {vocab_rows} rows over {self.tp} parts, but "
-                                f"{self.config.name} has a padded vocabulary of {self.config.padded_vocab_size}")
+            raise MismatchError(
+                f"{path}: the embedding has {vocab_rows} rows over {self.tp} parts, but "
+                f"{self.config.name} has a padded vocabulary of {self.config.padded_vocab_size}"
+            )
         for p, part in enumerate(self.parts):
             expected = {self.names[n]: self.layout.local_shape(n, p, self.tp) for n in self.layout.names}
             ignored = {metaseq.VERSION_BUFFER, metaseq.TIED_OUTPUT}
             check_complete(f"{path} (part {p})", expected=expected, found=part.shapes, ignored=ignored)
-            if metaseq.TIED_OUTPUT in part.shapes and part.shapes[metaseq.TIED_OUTPUT] != part.shapes["decoder.embed_tokens.weight"]:
-                raise MismatchError(f"{path} (part {p}): {metaseq.TIED_OUTPUT} has a different shape from the embedding")
+            if (
+                metaseq.TIED_OUTPUT in part.shapes
+                and part.shapes[metaseq.TIED_OUTPUT] != part.shapes["decoder.embed_tokens.weight"]
+            ):
+                raise MismatchError(
+                    f"{path} (part {p}): {metaseq.TIED_OUTPUT} has a different shape from the embedding"
+                )
         self.dtype = _dtype_of([d for part in self.parts for d in part.dtypes.values()], str(path))
 
     # ---- opening ------------------------------------------------------------------------------
@@ -494,7 +546,7 @@ class MetaseqSource(Source):
         entries: dict[str, _FlatEntry] = {}
         segments_of: dict[str, list[tuple[int, int, torch.Tensor]]] = {}  # key -> (start, length, shard flat)
         first_meta = None
-        for s, (file, shard) in enumerate(zip(files, shards)):
+        for s, (file, shard) in enumerate(zip(files, shards, strict=True)):
             meta = shard.get("shard_metadata")
             if not isinstance(meta, dict) or not isinstance(meta.get("param_metadata"), list):
                 raise FormatError(f"{file}: no fairscale shard_metadata; cannot unflatten FSDP parameters")
@@ -506,7 +558,9 @@ class MetaseqSource(Source):
                     key = f"{fsdp_path}.{flat_name}" if fsdp_path else flat_name
                     stored_key = next((k for k in model if metaseq.clean_name(k) == key), None)
                     if stored_key is None:
-                        raise FormatError(f"{file}: shard_metadata lists {key!r} but the model dict has no such flat param")
+                        raise FormatError(
+                            f"{file}: shard_metadata lists {key!r} but the model dict has no such flat param"
+                        )
                     flat_keys.add(stored_key)
                     flat = model[stored_key]
                     if flat.ndim != 1:
@@ -519,7 +573,7 @@ class MetaseqSource(Source):
                     segments_of.setdefault(key, []).append((done, length, flat))
                     if s == 0:
                         offset = 0
-                        for rel, shape, numel in zip(info["names"], info["shapes"], info["numels"]):
+                        for rel, shape, numel in zip(info["names"], info["shapes"], info["numels"], strict=True):
                             full = metaseq.clean_name(f"{fsdp_path}.{rel}" if fsdp_path else rel)
                             shape = tuple(int(x) for x in shape)
                             entries[full] = _FlatEntry(key, offset, int(numel), shape)
@@ -530,16 +584,23 @@ class MetaseqSource(Source):
                 for info in module.get("shared_param_info") or []:
                     text = " ".join(map(str, info if isinstance(info, (list, tuple)) else [info]))
                     if not ("embed_tokens" in text and "output_projection" in text):
-                        raise FormatError(f"{file}: unsupported shared parameter {info!r} (only the tied output "
-                                          f"projection is known)")
+                        raise FormatError(
+                            f"{file}: unsupported shared parameter {info!r} (only the tied output projection is known)"
+                        )
             described = [(m.get("fsdp_path"), m.get("params")) for m in meta["param_metadata"]]
             if first_meta is None:
                 first_meta = described
-            elif [(p, {k: (v["names"], [list(x) for x in v["shapes"]], v["numels"]) for k, v in prm.items()})
-                  for p, prm in described] != [(p, {k: (v["names"], [list(x) for x in v["shapes"]], v["numels"])
-                                                     for k, v in prm.items()}) for p, prm in first_meta]:
-                raise FormatError(f"{file}: shard_metadata differs from shard 0 of the same part; shards of different "
-                                  f"checkpoints are mixed")
+            elif [
+                (p, {k: (v["names"], [list(x) for x in v["shapes"]], v["numels"]) for k, v in prm.items()})
+                for p, prm in described
+            ] != [
+                (p, {k: (v["names"], [list(x) for x in v["shapes"]], v["numels"]) for k, v in prm.items()})
+                for p, prm in first_meta
+            ]:
+                raise FormatError(
+                    f"{file}: shard_metadata differs from shard 0 of the same part; shards of different "
+                    f"checkpoints are mixed"
+                )
             for name, tensor in model.items():
                 if name in flat_keys:
                     continue
@@ -555,8 +616,10 @@ class MetaseqSource(Source):
             total = sum(e.numel for e in entries.values() if e.module_key == key)
             have = sum(seg[1] for seg in segs)
             if have != total:
-                raise FormatError(f"{files[0].parent}: flat param {key} holds {have} elements after removing padding, "
-                                  f"its metadata needs {total}: a shard is truncated, corrupt or from another run")
+                raise FormatError(
+                    f"{files[0].parent}: flat param {key} holds {have} elements after removing padding, "
+                    f"its metadata needs {total}: a shard is truncated, corrupt or from another run"
+                )
 
         def read(name: str, scratch: Scratch | None) -> torch.Tensor:
             if name in part.buffers:
@@ -620,19 +683,27 @@ class MetaseqSource(Source):
                         flat[pos : pos + piece.numel()].copy_(piece)
                         pos += piece.numel()
                 if pos != flat.numel():
-                    raise MismatchError(f"{self.path}: {theirs} holds {pos} elements over {self.tp} parts, expected {flat.numel()}")
+                    raise MismatchError(
+                        f"{self.path}: {theirs} holds {pos} elements over {self.tp} parts, expected {flat.numel()}"
+                    )
             else:
                 full = assemble(full_shape, spec, self.tp, self.dtype, local, block_order=order, out=out)
             if not isinstance(spec, Shard):
                 for p in range(1, self.tp):  # replicated: every part must hold the same values
                     if not torch.equal(local(p).to(self.dtype), full):
-                        raise MismatchError(f"{self.path}: replicated tensor {theirs} differs between part 0 and part {p}")
+                        raise MismatchError(
+                            f"{self.path}: replicated tensor {theirs} differs between part 0 and part {p}"
+                        )
             if name == "embed.weight":
                 for p, part in enumerate(self.parts):
                     tied = metaseq.TIED_OUTPUT in part.shapes
-                    if tied and not torch.equal(self._part_tensor(p, metaseq.TIED_OUTPUT), self._part_tensor(p, theirs)):
-                        raise MismatchError(f"{self.path} (part {p}): {metaseq.TIED_OUTPUT} is stored and differs from "
-                                            f"the embedding it is tied to; refusing to drop it")
+                    if tied and not torch.equal(
+                        self._part_tensor(p, metaseq.TIED_OUTPUT), self._part_tensor(p, theirs)
+                    ):
+                        raise MismatchError(
+                            f"{self.path} (part {p}): {metaseq.TIED_OUTPUT} is stored and differs from "
+                            f"the embedding it is tied to; refusing to drop it"
+                        )
             return full
         finally:
             for part in self.parts:
@@ -680,14 +751,23 @@ def detect(path: Path) -> str:
                 raise FormatError(f"{config}: unreadable ({exc})") from None
             if isinstance(meta, dict) and meta.get("format") == NATIVE_FORMAT:
                 return "native"
-        if any((path / n).is_file() for n in ("model.safetensors", "model.safetensors.index.json",
-                                             "pytorch_model.bin", "pytorch_model.bin.index.json")):
+        if any(
+            (path / n).is_file()
+            for n in (
+                "model.safetensors",
+                "model.safetensors.index.json",
+                "pytorch_model.bin",
+                "pytorch_model.bin.index.json",
+            )
+        ):
             return "hf"
         names = [f.name for f in path.iterdir()]
         if any(_FSDP_FILE.match(n) or _TP_FILE.match(n) for n in names):
             return "metaseq"
-        raise FormatError(f"{path}: not a checkpoint we know (native config.json, transformers model files, or "
-                          f"metaseq *-model_part-P[-shardS].pt)")
+        raise FormatError(
+            f"{path}: not a checkpoint we know (native config.json, transformers model files, or "
+            f"metaseq *-model_part-P[-shardS].pt)"
+        )
     if _FSDP_FILE.match(path.name) or _TP_FILE.match(path.name):
         return "metaseq"
     if path.name == "config.json" or path.suffix in (".safetensors", ".bin", ".json"):

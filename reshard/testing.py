@@ -50,7 +50,9 @@ def metaseq_parts(state: dict[str, torch.Tensor], cfg: ModelConfig, parts: int) 
             if ours.endswith("attn.qkv.weight") or ours.endswith("attn.qkv.bias"):
                 q, k, v = full[:hidden], full[hidden : 2 * hidden], full[2 * hidden :]
                 rows = hidden // parts
-                piece = torch.cat([k[p * rows : (p + 1) * rows], v[p * rows : (p + 1) * rows], q[p * rows : (p + 1) * rows]])
+                piece = torch.cat(
+                    [k[p * rows : (p + 1) * rows], v[p * rows : (p + 1) * rows], q[p * rows : (p + 1) * rows]]
+                )
             elif theirs == "decoder.embed_tokens.weight" or theirs.endswith(("fc1.weight", "fc1.bias")):
                 rows = full.shape[0] // parts
                 piece = full[p * rows : (p + 1) * rows]
@@ -80,8 +82,15 @@ def _common(cfg: ModelConfig, parts: int, namespace_args: bool, with_arch: bool)
     }
 
 
-def write_metaseq_tp(parts_state: list[dict[str, torch.Tensor]], cfg: ModelConfig, folder: str | os.PathLike[str], *,
-                     prefix: str = "reshard", namespace_args: bool = False, with_arch: bool = True) -> list[Path]:
+def write_metaseq_tp(
+    parts_state: list[dict[str, torch.Tensor]],
+    cfg: ModelConfig,
+    folder: str | os.PathLike[str],
+    *,
+    prefix: str = "reshard",
+    namespace_args: bool = False,
+    with_arch: bool = True,
+) -> list[Path]:
     """``<prefix>-model_part-P.pt`` per part: unflattened names plus the ``decoder.version`` buffer."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -102,14 +111,24 @@ def fsdp_modules(cfg: ModelConfig) -> list[tuple[str, list[str]]]:
         root += ["decoder.project_in_dim.weight", "decoder.project_out_dim.weight"]
     if cfg.pre_norm:
         root += ["decoder.layer_norm.weight", "decoder.layer_norm.bias"]
-    layer = [f"{m}.{w}" for m in ("self_attn.qkv_proj", "self_attn.out_proj", "self_attn_layer_norm", "fc1", "fc2",
-                                  "final_layer_norm") for w in ("weight", "bias")]
+    layer = [
+        f"{m}.{w}"
+        for m in ("self_attn.qkv_proj", "self_attn.out_proj", "self_attn_layer_norm", "fc1", "fc2", "final_layer_norm")
+        for w in ("weight", "bias")
+    ]
     return [("", root)] + [(f"decoder.layers.{i}", list(layer)) for i in range(cfg.n_layer)]
 
 
-def write_metaseq_fsdp(parts_state: list[dict[str, torch.Tensor]], cfg: ModelConfig, folder: str | os.PathLike[str], *,
-                       shards: int, prefix: str = "checkpoint_last", namespace_args: bool = False,
-                       with_arch: bool = True) -> list[Path]:
+def write_metaseq_fsdp(
+    parts_state: list[dict[str, torch.Tensor]],
+    cfg: ModelConfig,
+    folder: str | os.PathLike[str],
+    *,
+    shards: int,
+    prefix: str = "checkpoint_last",
+    namespace_args: bool = False,
+    with_arch: bool = True,
+) -> list[Path]:
     """``<prefix>-model_part-P-shardS.pt``: per FSDP module, the part's parameters flattened and
     concatenated in order, cut into ``shards`` equal pieces, the last ones zero-padded; fairscale's
     shard_metadata records names, shapes, numels and each shard's padding."""
@@ -128,23 +147,30 @@ def write_metaseq_fsdp(parts_state: list[dict[str, torch.Tensor]], cfg: ModelCon
                 piece = flat[s * size : (s + 1) * size]
                 padding = size - piece.numel()
                 per_shard_model[s][key] = torch.cat([piece, piece.new_zeros(padding)]).clone()
-                per_shard_meta[s].append({
-                    "fsdp_path": fsdp_path,
-                    "params": {"flat_param_0": {
-                        "names": list(rel_names),
-                        "shapes": [torch.Size(tensors[n].shape) for n in full_names],
-                        "numels": [tensors[n].numel() for n in full_names],
-                        "padding": padding,
-                    }},
-                    "no_broadcast_optim_state": False,
-                    "shared_param_info": [("decoder.embed_tokens", "weight", "decoder.output_projection", "weight")]
-                    if fsdp_path == "" else [],
-                })
+                per_shard_meta[s].append(
+                    {
+                        "fsdp_path": fsdp_path,
+                        "params": {
+                            "flat_param_0": {
+                                "names": list(rel_names),
+                                "shapes": [torch.Size(tensors[n].shape) for n in full_names],
+                                "numels": [tensors[n].numel() for n in full_names],
+                                "padding": padding,
+                            }
+                        },
+                        "no_broadcast_optim_state": False,
+                        "shared_param_info": [("decoder.embed_tokens", "weight", "decoder.output_projection", "weight")]
+                        if fsdp_path == ""
+                        else [],
+                    }
+                )
         for s in range(shards):
             model = {**per_shard_model[s], metaseq.VERSION_BUFFER: torch.tensor([3.0])}
             meta = {"param_metadata": per_shard_meta[s], "buffer_names": [metaseq.VERSION_BUFFER]}
             file = folder / f"{prefix}-model_part-{p}-shard{s}.pt"
-            torch.save({"model": model, "shard_metadata": meta,
-                        **_common(cfg, len(parts_state), namespace_args, with_arch)}, file)
+            torch.save(
+                {"model": model, "shard_metadata": meta, **_common(cfg, len(parts_state), namespace_args, with_arch)},
+                file,
+            )
             files.append(file)
     return files

@@ -69,7 +69,9 @@ def check_manifest(folder: Path) -> tuple[int, list[str]]:
             continue
         if file_sha256(file) != entry["sha256"]:
             problems.append(f"{rel}: sha256 differs from manifest.json (corrupted or modified)")
-    extra = sorted(p.name for p in folder.iterdir() if p.name not in listed and p.name not in ("manifest.json", "SHA256SUMS"))
+    extra = sorted(
+        p.name for p in folder.iterdir() if p.name not in listed and p.name not in ("manifest.json", "SHA256SUMS")
+    )
     if extra:
         problems.append(f"files not in manifest.json: {', '.join(extra)}")
     sums = folder / "SHA256SUMS"
@@ -146,12 +148,31 @@ def native_logits(folder: Path, ids: torch.Tensor, tp: int, *, timeout: float = 
         port = _free_port()
         procs = []
         for rank in range(tp):
-            env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(tp), "LOCAL_RANK": str(rank),
-                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1",
-                   "PYTHONPATH": os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])}
-            procs.append(subprocess.Popen(
-                [sys.executable, "-c", "from reshard.verify import _rank_main; _rank_main()", str(folder), ids_file, out],
-                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+            env = {
+                **os.environ,
+                "RANK": str(rank),
+                "WORLD_SIZE": str(tp),
+                "LOCAL_RANK": str(rank),
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": str(port),
+                "OMP_NUM_THREADS": "1",
+                "PYTHONPATH": os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])]),
+            }
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-c",
+                        "from reshard.verify import _rank_main; _rank_main()",
+                        str(folder),
+                        ids_file,
+                        out,
+                    ],
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                )
+            )
         errors = []
         for rank, proc in enumerate(procs):
             try:
@@ -160,14 +181,19 @@ def native_logits(folder: Path, ids: torch.Tensor, tp: int, *, timeout: float = 
                 proc.kill()
                 _, err = proc.communicate()
             if proc.returncode != 0:
-                errors.append(f"rank {rank} exited {proc.returncode}: {err.decode(errors='replace').strip().splitlines()[-1:]}")
+                errors.append(
+                    f"rank {rank} exited {proc.returncode}: {err.decode(errors='replace').strip().splitlines()[-1:]}"
+                )
         if errors:
-            raise VerificationError(f"{folder}: could not run the model at tp={tp}: {'; '.join(errors)}", problems=errors)
+            raise VerificationError(
+                f"{folder}: could not run the model at tp={tp}: {'; '.join(errors)}", problems=errors
+            )
         return torch.load(out, weights_only=True)
 
 
-def verify(path: str | os.PathLike[str], against: str | os.PathLike[str] | None = None, *,
-           atol: float | None = None) -> VerifyResult:
+def verify(
+    path: str | os.PathLike[str], against: str | os.PathLike[str] | None = None, *, atol: float | None = None
+) -> VerifyResult:
     """Raises VerificationError (exit 4) listing every problem; returns the result when all pass."""
     folder = Path(path)
     count, problems = check_manifest(folder)
@@ -179,13 +205,18 @@ def verify(path: str | os.PathLike[str], against: str | os.PathLike[str] | None 
     except ReshardError as exc:
         raise VerificationError(f"{folder}: structure: {exc}", problems=[str(exc)]) from None
     try:
-        result.format, result.tp, result.dtype = converted.format, converted.tp, str(converted.dtype).removeprefix("torch.")
+        result.format, result.tp, result.dtype = (
+            converted.format,
+            converted.tp,
+            str(converted.dtype).removeprefix("torch."),
+        )
         if against is not None:
             source = open_source(against)
             try:
                 if source.layout.shapes != converted.layout.shapes:
-                    raise VerificationError(f"{folder}: architecture differs from {against}",
-                                            problems=["architecture differs"])
+                    raise VerificationError(
+                        f"{folder}: architecture differs from {against}", problems=["architecture differs"]
+                    )
                 ids = fixed_batch(source.config)
                 with torch.no_grad():
                     reference = model_from_source(source)(ids)
@@ -198,7 +229,12 @@ def verify(path: str | os.PathLike[str], against: str | os.PathLike[str] | None 
                 scale = reference.abs().max().item()
                 tol = atol if atol is not None else (1e-4 * max(1.0, scale) if same_dtype else 2e-2 * max(1.0, scale))
                 diff = (logits - reference).abs().max().item()
-                result.numerics = {"max_abs_diff": diff, "tolerance": tol, "tokens": list(ids.shape), "tp": converted.tp}
+                result.numerics = {
+                    "max_abs_diff": diff,
+                    "tolerance": tol,
+                    "tokens": list(ids.shape),
+                    "tp": converted.tp,
+                }
                 if not diff <= tol:
                     result.problems.append(f"logits differ from {against} by {diff:.3g} (tolerance {tol:.3g})")
             finally:

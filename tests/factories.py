@@ -38,7 +38,8 @@ def make_license(slug: str = "opt-175b-license", version: str = "1.0") -> Any:
 
     license_, _ = License.objects.get_or_create(slug=slug, defaults={"name": f"{slug} license"})
     LicenseVersion.objects.get_or_create(
-        license=license_, version=version,
+        license=license_,
+        version=version,
         defaults={"text": f"Non-commercial research license, version {version}.", "published_at": timezone.now()},
     )
     return license_
@@ -48,25 +49,54 @@ def make_release(*, slug: str, name: str, gated: bool) -> Any:
     from access.models import AccessTier, Architecture, DataCard, ModelCard, ModelFamily, Release
 
     family, _ = ModelFamily.objects.get_or_create(
-        slug="opt", defaults={"name": "OPT", "organization": "Meta AI", "summary": "Open pre-trained transformers.",
-                              "architecture": Architecture.OPT},
+        slug="opt",
+        defaults={
+            "name": "OPT",
+            "organization": "Meta AI",
+            "summary": "Open pre-trained transformers.",
+            "architecture": Architecture.OPT,
+        },
     )
     data_card, _ = DataCard.objects.get_or_create(
-        slug="opt-data", defaults={
-            "title": "OPT pre-training corpus", "motivation": "m", "datasets": [{"name": "The Pile", "share": 1.0}],
-            "size_tokens": 180_000_000_000, "raw_data": "r", "labels": "l", "splits": "s", "collection": "c",
+        slug="opt-data",
+        defaults={
+            "title": "OPT pre-training corpus",
+            "motivation": "m",
+            "datasets": [{"name": "The Pile", "share": 1.0}],
+            "size_tokens": 180_000_000_000,
+            "raw_data": "r",
+            "labels": "l",
+            "splits": "s",
+            "collection": "c",
             "preprocessing": "p",
         },
     )
     release = Release.objects.create(
-        family=family, slug=slug, name=name, size_label=name.split("-")[-1],
-        access_tier=AccessTier.GATED if gated else AccessTier.OPEN, license=make_license(f"{slug}-license"),
-        data_card=data_card, parameters=125_000_000, n_layers=12, n_heads=12, n_kv_heads=12, hidden_size=768,
-        ffn_size=3072, vocab_size=50272, max_positions=2048,
+        family=family,
+        slug=slug,
+        name=name,
+        size_label=name.split("-")[-1],
+        access_tier=AccessTier.GATED if gated else AccessTier.OPEN,
+        license=make_license(f"{slug}-license"),
+        data_card=data_card,
+        parameters=125_000_000,
+        n_layers=12,
+        n_heads=12,
+        n_kv_heads=12,
+        hidden_size=768,
+        ffn_size=3072,
+        vocab_size=50272,
+        max_positions=2048,
     )
     ModelCard.objects.create(
-        release=release, release_date=date(2022, 5, 3), version="1.0", model_type="decoder-only transformer",
-        intended_use="research", out_of_scope_use="production", evaluation_data="e", limitations="l",
+        release=release,
+        release_date=date(2022, 5, 3),
+        version="1.0",
+        model_type="decoder-only transformer",
+        intended_use="research",
+        out_of_scope_use="production",
+        evaluation_data="e",
+        limitations="l",
         training_compute="t",
     )
     return release
@@ -76,11 +106,17 @@ def application_input(release: Any, **overrides: Any) -> Any:
     from access.services import ApplicationInput
 
     values: dict[str, Any] = dict(
-        full_name="Alice Adams", affiliation="Heidelberg University", organization_type="academic",
-        role="PhD student", country="DE", research_purpose=RESEARCH_PURPOSE,
+        full_name="Alice Adams",
+        affiliation="Heidelberg University",
+        organization_type="academic",
+        role="PhD student",
+        country="DE",
+        research_purpose=RESEARCH_PURPOSE,
         intended_use="Evaluation only; no fine-tuning, no deployment.",
         publications=["10.1234/calibration.2024", "https://arxiv.org/abs/2205.01068"],
-        license_version_id=release.license.current_version.pk, non_commercial_attested=True, accept_license=True,
+        license_version_id=release.license.current_version.pk,
+        non_commercial_attested=True,
+        accept_license=True,
     )
     values.update(overrides)
     return ApplicationInput(**values)
@@ -90,6 +126,8 @@ def make_application(user: Any, release: Any, **overrides: Any) -> Any:
     from access.services import RequestMeta, application_submit
 
     return application_submit(
-        applicant=user, release=release, data=application_input(release, **overrides),
+        applicant=user,
+        release=release,
+        data=application_input(release, **overrides),
         meta=RequestMeta(ip="127.0.0.1", user_agent="pytest"),
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from training.config import CONFIGS, ModelConfig, get_config
 from training.hf import CheckpointError, gather_full_state, hf_name_map, load_pretrained, save_pretrained
-from training.model import KVCache, Transformer, build_model, meta_model, load_balancing_loss
+from training.model import KVCache, Transformer, build_model, load_balancing_loss, meta_model
 from training.parallel import (
     REPLICATED,
     Replicated,

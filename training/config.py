@@ -57,8 +57,17 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
             raise ValueError(f"ModelConfig.family={self.family!r} is not one of {FAMILIES}")
-        for field in ("vocab_size", "n_layer", "n_head", "n_embd", "ffn_dim", "max_seq_len",
-                      "pad_vocab_multiple", "moe_every", "top_k"):
+        for field in (
+            "vocab_size",
+            "n_layer",
+            "n_head",
+            "n_embd",
+            "ffn_dim",
+            "max_seq_len",
+            "pad_vocab_multiple",
+            "moe_every",
+            "top_k",
+        ):
             value = getattr(self, field)
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"ModelConfig.{field}={value!r} ({self.name}): must be a positive int")
@@ -73,7 +82,9 @@ class ModelConfig:
                 f"change n_head or set head_dim explicitly"
             )
         if self.rotary and self.attn_head_dim % 2:
-            raise ValueError(f"ModelConfig.head_dim={self.attn_head_dim} ({self.name}) must be even for rotary embeddings")
+            raise ValueError(
+                f"ModelConfig.head_dim={self.attn_head_dim} ({self.name}) must be even for rotary embeddings"
+            )
         if self.family == "mixtral":
             if self.n_expert < self.top_k:
                 raise ValueError(
@@ -81,9 +92,13 @@ class ModelConfig:
                     f"for the mixtral family"
                 )
         elif self.n_expert:
-            raise ValueError(f"ModelConfig.n_expert={self.n_expert} ({self.name}): only the mixtral family has experts; set family='mixtral'")
+            raise ValueError(
+                f"ModelConfig.n_expert={self.n_expert} ({self.name}): only the mixtral family has experts; set family='mixtral'"
+            )
         if self.family != "opt" and (not self.pre_norm or self.word_embed_proj_dim is not None):
-            raise ValueError(f"ModelConfig.pre_norm / word_embed_proj_dim ({self.name}): post-norm and project_in/out exist only for family='opt'")
+            raise ValueError(
+                f"ModelConfig.pre_norm / word_embed_proj_dim ({self.name}): post-norm and project_in/out exist only for family='opt'"
+            )
 
     # ---- derived sizes -------------------------------------------------------------------
     @property
@@ -197,7 +212,8 @@ class ModelConfig:
             _expect(hf, "_remove_final_layer_norm", False)
             proj = hf.get("word_embed_proj_dim")
             return cls(
-                family="opt", ffn_dim=_need(hf, "ffn_dim"),
+                family="opt",
+                ffn_dim=_need(hf, "ffn_dim"),
                 pre_norm=bool(hf.get("do_layer_norm_before", True)),
                 word_embed_proj_dim=None if proj in (None, common["n_embd"]) else proj,
                 tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
@@ -237,7 +253,8 @@ class ModelConfig:
                 top_k=int(hf.get("num_experts_per_tok", 2)),
                 moe_every=int(hf.get("moe_layer_freq", 1)),
                 router_aux_loss_coef=float(hf.get("router_aux_loss_coef", 0.001)),
-                **kw, **common,
+                **kw,
+                **common,
             )
         raise ValueError(
             f"config.json field model_type={model_type!r} is not supported; expected 'opt', 'llama' or 'mixtral'"
@@ -260,11 +277,17 @@ class ModelConfig:
         }
         if self.family == "opt":
             return {
-                "architectures": ["OPTForCausalLM"], "model_type": "opt",
-                "ffn_dim": self.ffn_dim, "do_layer_norm_before": self.pre_norm,
-                "word_embed_proj_dim": self.embed_dim, "activation_function": "relu",
-                "enable_bias": True, "layer_norm_elementwise_affine": True,
-                "_remove_final_layer_norm": False, "dropout": 0.1, "attention_dropout": 0.0,
+                "architectures": ["OPTForCausalLM"],
+                "model_type": "opt",
+                "ffn_dim": self.ffn_dim,
+                "do_layer_norm_before": self.pre_norm,
+                "word_embed_proj_dim": self.embed_dim,
+                "activation_function": "relu",
+                "enable_bias": True,
+                "layer_norm_elementwise_affine": True,
+                "_remove_final_layer_norm": False,
+                "dropout": 0.1,
+                "attention_dropout": 0.0,
                 **common,
             }
         llama_like = {
@@ -278,18 +301,27 @@ class ModelConfig:
             **common,
         }
         if self.family == "llama":
-            return {"architectures": ["LlamaForCausalLM"], "model_type": "llama",
-                    "attention_bias": False, "mlp_bias": False, **llama_like}
+            return {
+                "architectures": ["LlamaForCausalLM"],
+                "model_type": "llama",
+                "attention_bias": False,
+                "mlp_bias": False,
+                **llama_like,
+            }
         if self.moe_every != 1:
             raise ValueError(
                 f"ModelConfig.moe_every={self.moe_every} ({self.name}) has no transformers equivalent "
                 f"(MixtralForCausalLM puts experts in every layer); only moe_every=1 can be exported"
             )
         return {
-            "architectures": ["MixtralForCausalLM"], "model_type": "mixtral",
-            "num_local_experts": self.n_expert, "num_experts_per_tok": self.top_k,
-            "router_aux_loss_coef": self.router_aux_loss_coef, "router_jitter_noise": 0.0,
-            "sliding_window": None, "output_router_logits": False,
+            "architectures": ["MixtralForCausalLM"],
+            "model_type": "mixtral",
+            "num_local_experts": self.n_expert,
+            "num_experts_per_tok": self.top_k,
+            "router_aux_loss_coef": self.router_aux_loss_coef,
+            "router_jitter_noise": 0.0,
+            "sliding_window": None,
+            "output_router_logits": False,
             **llama_like,
         }
 
@@ -310,15 +342,36 @@ def _first(value: Any) -> int | None:
 
 
 def _opt(name: str, n_layer: int, n_head: int, n_embd: int, **kw: Any) -> ModelConfig:
-    return ModelConfig(family="opt", name=name, vocab_size=50272, n_layer=n_layer, n_head=n_head,
-                       n_embd=n_embd, ffn_dim=4 * n_embd, max_seq_len=2048,
-                       bos_token_id=2, eos_token_id=2, pad_token_id=1, **kw)
+    return ModelConfig(
+        family="opt",
+        name=name,
+        vocab_size=50272,
+        n_layer=n_layer,
+        n_head=n_head,
+        n_embd=n_embd,
+        ffn_dim=4 * n_embd,
+        max_seq_len=2048,
+        bos_token_id=2,
+        eos_token_id=2,
+        pad_token_id=1,
+        **kw,
+    )
 
 
 def _llama(name: str, n_layer: int, n_head: int, n_embd: int, ffn_dim: int) -> ModelConfig:
-    return ModelConfig(family="llama", name=name, vocab_size=32000, n_layer=n_layer, n_head=n_head,
-                       n_embd=n_embd, ffn_dim=ffn_dim, max_seq_len=2048, norm_eps=1e-6,
-                       bos_token_id=1, eos_token_id=2)
+    return ModelConfig(
+        family="llama",
+        name=name,
+        vocab_size=32000,
+        n_layer=n_layer,
+        n_head=n_head,
+        n_embd=n_embd,
+        ffn_dim=ffn_dim,
+        max_seq_len=2048,
+        norm_eps=1e-6,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
 
 
 # Published sizes (OPT paper table 1; LLaMA paper table 2; Mixtral 8x7B release; GLaM paper).
@@ -342,13 +395,47 @@ CONFIGS: dict[str, ModelConfig] = {
         _llama("llama-13b", 40, 40, 5120, 13824),
         _llama("llama-33b", 60, 52, 6656, 17920),
         _llama("llama-65b", 80, 64, 8192, 22016),
-        ModelConfig(family="mixtral", name="mixtral-8x7b", vocab_size=32000, n_layer=32, n_head=32,
-                    n_kv_head=8, n_embd=4096, ffn_dim=14336, max_seq_len=32768, norm_eps=1e-5,
-                    rope_theta=1e6, n_expert=8, moe_every=1, bos_token_id=1, eos_token_id=2),
-        ModelConfig(family="mixtral", name="glam-0.1b-64e", vocab_size=32000, n_layer=12, n_head=12,
-                    n_embd=768, ffn_dim=2048, max_seq_len=1024, n_expert=64, moe_every=2),
-        ModelConfig(family="mixtral", name="glam-1.2t-64e", vocab_size=256000, n_layer=64, n_head=128,
-                    n_embd=8192, ffn_dim=21888, max_seq_len=1024, n_expert=64, moe_every=2),
+        ModelConfig(
+            family="mixtral",
+            name="mixtral-8x7b",
+            vocab_size=32000,
+            n_layer=32,
+            n_head=32,
+            n_kv_head=8,
+            n_embd=4096,
+            ffn_dim=14336,
+            max_seq_len=32768,
+            norm_eps=1e-5,
+            rope_theta=1e6,
+            n_expert=8,
+            moe_every=1,
+            bos_token_id=1,
+            eos_token_id=2,
+        ),
+        ModelConfig(
+            family="mixtral",
+            name="glam-0.1b-64e",
+            vocab_size=32000,
+            n_layer=12,
+            n_head=12,
+            n_embd=768,
+            ffn_dim=2048,
+            max_seq_len=1024,
+            n_expert=64,
+            moe_every=2,
+        ),
+        ModelConfig(
+            family="mixtral",
+            name="glam-1.2t-64e",
+            vocab_size=256000,
+            n_layer=64,
+            n_head=128,
+            n_embd=8192,
+            ffn_dim=21888,
+            max_seq_len=1024,
+            n_expert=64,
+            moe_every=2,
+        ),
     ]
 }
 

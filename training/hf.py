@@ -24,7 +24,7 @@ from safetensors.torch import save_file
 
 from training.config import ModelConfig
 from training.model import Transformer, meta_model
-from training.parallel import TPGroup, Shard, merge_shards, shard_slices, sharding_plan
+from training.parallel import Shard, TPGroup, merge_shards, shard_slices, sharding_plan
 
 Index = tuple[slice, ...]
 
@@ -136,7 +136,7 @@ class Cat:
     def split(self, full: torch.Tensor) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
         chunks = full.split([p.shape[self.dim] for p in self.parts], dim=self.dim)
-        for part, chunk in zip(self.parts, chunks):
+        for part, chunk in zip(self.parts, chunks, strict=True):
             out.update(part.split(chunk))
         return out
 
@@ -159,7 +159,7 @@ class Stack:
 
     def split(self, full: torch.Tensor) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
-        for part, expert in zip(self.parts, full.unbind(0)):
+        for part, expert in zip(self.parts, full.unbind(0), strict=True):
             out.update(part.split(expert))
         return out
 
@@ -207,8 +207,9 @@ def hf_name_map(cfg: ModelConfig, *, expert_layout: str = "per_expert") -> dict[
     """
     h, e = cfg.n_embd, cfg.embed_dim
     q, kv = cfg.n_head * cfg.attn_head_dim, cfg.kv_heads * cfg.attn_head_dim
-    vocab = File("model.decoder.embed_tokens.weight" if cfg.family == "opt" else "model.embed_tokens.weight",
-                 (cfg.vocab_size, e))
+    vocab = File(
+        "model.decoder.embed_tokens.weight" if cfg.family == "opt" else "model.embed_tokens.weight", (cfg.vocab_size, e)
+    )
     m: dict[str, Any] = {"embed.weight": PadRows(vocab, cfg.padded_vocab_size)}
     if not cfg.tied:
         m["lm_head.weight"] = PadRows(File("lm_head.weight", (cfg.vocab_size, e)), cfg.padded_vocab_size)
@@ -225,8 +226,9 @@ def hf_name_map(cfg: ModelConfig, *, expert_layout: str = "per_expert") -> dict[
         for i in range(cfg.n_layer):
             ours, hf = f"layers.{i}", f"{d}.layers.{i}"
             for w, shape in (("weight", lambda n: (n, h)), ("bias", lambda n: (n,))):
-                m[f"{ours}.attn.qkv.{w}"] = Cat([File(f"{hf}.self_attn.{p}_proj.{w}", shape(n))
-                                                for p, n in (("q", q), ("k", kv), ("v", kv))], 0)
+                m[f"{ours}.attn.qkv.{w}"] = Cat(
+                    [File(f"{hf}.self_attn.{p}_proj.{w}", shape(n)) for p, n in (("q", q), ("k", kv), ("v", kv))], 0
+                )
             m[f"{ours}.attn.out.weight"] = File(f"{hf}.self_attn.out_proj.weight", (h, q))
             m[f"{ours}.attn.out.bias"] = File(f"{hf}.self_attn.out_proj.bias", (h,))
             m[f"{ours}.mlp.fc1.weight"] = File(f"{hf}.fc1.weight", (cfg.ffn_dim, h))
@@ -242,14 +244,16 @@ def hf_name_map(cfg: ModelConfig, *, expert_layout: str = "per_expert") -> dict[
     f = cfg.ffn_dim
     for i in range(cfg.n_layer):
         ours, hf = f"layers.{i}", f"model.layers.{i}"
-        m[f"{ours}.attn.qkv.weight"] = Cat([File(f"{hf}.self_attn.{p}_proj.weight", (n, h))
-                                           for p, n in (("q", q), ("k", kv), ("v", kv))], 0)
+        m[f"{ours}.attn.qkv.weight"] = Cat(
+            [File(f"{hf}.self_attn.{p}_proj.weight", (n, h)) for p, n in (("q", q), ("k", kv), ("v", kv))], 0
+        )
         m[f"{ours}.attn.out.weight"] = File(f"{hf}.self_attn.o_proj.weight", (h, q))
         m[f"{ours}.attn_norm.weight"] = File(f"{hf}.input_layernorm.weight", (h,))
         m[f"{ours}.mlp_norm.weight"] = File(f"{hf}.post_attention_layernorm.weight", (h,))
         if not cfg.is_moe_layer(i):
-            m[f"{ours}.mlp.gate_up.weight"] = Cat([File(f"{hf}.mlp.gate_proj.weight", (f, h)),
-                                                   File(f"{hf}.mlp.up_proj.weight", (f, h))], 0)
+            m[f"{ours}.mlp.gate_up.weight"] = Cat(
+                [File(f"{hf}.mlp.gate_proj.weight", (f, h)), File(f"{hf}.mlp.up_proj.weight", (f, h))], 0
+            )
             m[f"{ours}.mlp.down.weight"] = File(f"{hf}.mlp.down_proj.weight", (h, f))
         elif expert_layout == "stacked":
             m[f"{ours}.mlp.router.weight"] = File(f"{hf}.mlp.gate.weight", (cfg.n_expert, h))
@@ -258,9 +262,12 @@ def hf_name_map(cfg: ModelConfig, *, expert_layout: str = "per_expert") -> dict[
         elif expert_layout == "per_expert":
             moe = f"{hf}.block_sparse_moe"
             m[f"{ours}.mlp.router.weight"] = File(f"{moe}.gate.weight", (cfg.n_expert, h))
-            m[f"{ours}.mlp.gate_up"] = Stack([Cat([File(f"{moe}.experts.{x}.w1.weight", (f, h)),
-                                                   File(f"{moe}.experts.{x}.w3.weight", (f, h))], 0)
-                                              for x in range(cfg.n_expert)])
+            m[f"{ours}.mlp.gate_up"] = Stack(
+                [
+                    Cat([File(f"{moe}.experts.{x}.w1.weight", (f, h)), File(f"{moe}.experts.{x}.w3.weight", (f, h))], 0)
+                    for x in range(cfg.n_expert)
+                ]
+            )
             m[f"{ours}.mlp.down"] = Stack([File(f"{moe}.experts.{x}.w2.weight", (h, f)) for x in range(cfg.n_expert)])
         else:
             raise ValueError(f"expert_layout={expert_layout!r}: expected 'per_expert' or 'stacked'")
@@ -280,8 +287,13 @@ def _dtype_from_config(hf: dict[str, Any]) -> torch.dtype:
     return dtype
 
 
-def load_pretrained(path: str | os.PathLike[str], *, dtype: torch.dtype | None = None,
-                    device: torch.device | str = "cpu", group: object = None) -> Transformer:
+def load_pretrained(
+    path: str | os.PathLike[str],
+    *,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str = "cpu",
+    group: object = None,
+) -> Transformer:
     """Our model, sharded for the current tensor-parallel group, from a transformers directory.
 
     Builds on the meta device and reads only this rank's slice of each tensor. Fails before
@@ -310,13 +322,17 @@ def load_pretrained(path: str | os.PathLike[str], *, dtype: torch.dtype | None =
     unknown = sorted(k for k in keys - expected.keys() - ignorable if not any(p.match(k) for p in _IGNORED_KEYS))
     if unknown:
         more = f" (and {len(unknown) - 5} more)" if len(unknown) > 5 else ""
-        raise CheckpointError(f"checkpoint {path} has unknown tensor(s) {unknown[:5]}{more}: they match no "
-                              f"parameter of a {cfg.family} model with this config.json")
+        raise CheckpointError(
+            f"checkpoint {path} has unknown tensor(s) {unknown[:5]}{more}: they match no "
+            f"parameter of a {cfg.family} model with this config.json"
+        )
     for name, shape in expected.items():
         found = reader.shape(name)
         if found != shape:
-            raise CheckpointError(f"tensor {name!r} in {path} has shape {found}, but config.json implies {shape}: "
-                                  f"the weights and config.json do not belong together")
+            raise CheckpointError(
+                f"tensor {name!r} in {path} has shape {found}, but config.json implies {shape}: "
+                f"the weights and config.json do not belong together"
+            )
 
     model = meta_model(cfg, tp)
     model.to_empty(device=device)
@@ -330,7 +346,9 @@ def load_pretrained(path: str | os.PathLike[str], *, dtype: torch.dtype | None =
             pieces = [source.read(reader, index) for index in shard_slices(spec, source.shape, tp.rank, tp.world_size)]
             local = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=spec.dim if isinstance(spec, Shard) else 0)
             if tuple(local.shape) != tuple(param.shape):
-                raise RuntimeError(f"internal: {name} read as {tuple(local.shape)} but the rank holds {tuple(param.shape)}")
+                raise RuntimeError(
+                    f"internal: {name} read as {tuple(local.shape)} but the rank holds {tuple(param.shape)}"
+                )
             param.copy_(local)
     return model.eval()
 

@@ -49,8 +49,16 @@ class KVCache:
     seq_len: int = 0
 
     @classmethod
-    def allocate(cls, config: ModelConfig, *, batch_size: int, max_seq_len: int, tp_size: int = 1,
-                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> KVCache:
+    def allocate(
+        cls,
+        config: ModelConfig,
+        *,
+        batch_size: int,
+        max_seq_len: int,
+        tp_size: int = 1,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> KVCache:
         shape = (batch_size, config.kv_heads // tp_size, max_seq_len, config.attn_head_dim)
         keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layer)]
         values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layer)]
@@ -93,10 +101,14 @@ def make_norm(config: ModelConfig) -> nn.Module:
     return RMSNorm(config.n_embd, config.norm_eps)
 
 
-def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_cos_sin(
+    positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin of shape (B, 1, T, head_dim) in the rotate-half layout, computed in fp32 as
     transformers does, then cast."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=positions.device).float() / head_dim))
+    inv_freq = 1.0 / (
+        theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=positions.device).float() / head_dim)
+    )
     freqs = positions[..., None].float() * inv_freq  # (B, T, head_dim/2)
     emb = torch.cat((freqs, freqs), dim=-1)  # (B, T, head_dim)
     return emb.cos().to(dtype).unsqueeze(1), emb.sin().to(dtype).unsqueeze(1)
@@ -120,11 +132,18 @@ class Attention(nn.Module):
         self.out = RowParallelLinear(q_size, config.n_embd, bias=config.bias, tp=tp)
         self.rotary, self.rope_theta = config.rotary, config.rope_theta
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
-                mask: torch.Tensor | None, cache: KVCache | None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        mask: torch.Tensor | None,
+        cache: KVCache | None,
+    ) -> torch.Tensor:
         B, T, _ = x.shape
         qkv = self.qkv(x)  # (B, T, (n_head + 2 n_kv_head)/tp * head_dim)
-        q, k, v = qkv.split([self.n_head * self.head_dim, self.n_kv_head * self.head_dim, self.n_kv_head * self.head_dim], dim=-1)
+        q, k, v = qkv.split(
+            [self.n_head * self.head_dim, self.n_kv_head * self.head_dim, self.n_kv_head * self.head_dim], dim=-1
+        )
         q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, n_head/tp, T, head_dim)
         k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, n_kv_head/tp, T, head_dim)
         v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, n_kv_head/tp, T, head_dim)
@@ -143,7 +162,9 @@ class Attention(nn.Module):
             S = k.shape[2]
             k = k[:, :, None].expand(B, self.n_kv_head, rep, S, self.head_dim).reshape(B, self.n_head, S, self.head_dim)
             v = v[:, :, None].expand(B, self.n_kv_head, rep, S, self.head_dim).reshape(B, self.n_head, S, self.head_dim)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)  # (B, n_head/tp, T, head_dim)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=mask is None
+        )  # (B, n_head/tp, T, head_dim)
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)  # (B, T, n_head/tp * head_dim)
         return self.out(y)
 
@@ -229,7 +250,9 @@ class MoE(nn.Module):
             weight = torch.ones(B * T, device=x.device)
         else:
             weight = token_mask.reshape(-1).to(torch.float32)
-        picks = torch.zeros(self.n_expert, device=x.device).index_add_(0, flat_expert, weight.repeat_interleave(self.top_k))
+        picks = torch.zeros(self.n_expert, device=x.device).index_add_(
+            0, flat_expert, weight.repeat_interleave(self.top_k)
+        )
         stats = RouterStats(picks, (probs * weight[:, None]).sum(0), weight.sum())
         return out, stats
 
@@ -256,8 +279,15 @@ class Block(nn.Module):
             return out
         return self.mlp(x)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, mask: torch.Tensor | None,
-                cache: KVCache | None, token_mask: torch.Tensor | None, stats: list[RouterStats]) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        mask: torch.Tensor | None,
+        cache: KVCache | None,
+        token_mask: torch.Tensor | None,
+        stats: list[RouterStats],
+    ) -> torch.Tensor:
         if self.pre_norm:
             x = x + self.attn(self.attn_norm(x), rope, mask, cache)
             return x + self._ffn(self.mlp_norm(x), token_mask, stats)
@@ -294,10 +324,18 @@ class Transformer(nn.Module):
 
     def allocate_kv_cache(self, batch_size: int, max_seq_len: int) -> KVCache:
         param = self.embed.weight
-        return KVCache.allocate(self.config, batch_size=batch_size, max_seq_len=max_seq_len,
-                                tp_size=self.tp.world_size, dtype=param.dtype, device=param.device)
+        return KVCache.allocate(
+            self.config,
+            batch_size=batch_size,
+            max_seq_len=max_seq_len,
+            tp_size=self.tp.world_size,
+            dtype=param.dtype,
+            device=param.device,
+        )
 
-    def default_positions(self, attention_mask: torch.Tensor | None, T: int, start: int, device: torch.device) -> torch.Tensor:
+    def default_positions(
+        self, attention_mask: torch.Tensor | None, T: int, start: int, device: torch.device
+    ) -> torch.Tensor:
         """Position ids (B, T): count of real tokens before each token (so left padding does not
         shift positions). OPT pads get -1 (row 1 of the position table) exactly as transformers."""
         if attention_mask is None:
@@ -306,9 +344,14 @@ class Transformer(nn.Module):
         positions = (torch.cumsum(mask, dim=1) * mask - 1)[:, -T:]  # (B, T)
         return positions if self.config.family == "opt" else positions.clamp(min=0)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                positions: torch.Tensor | None = None, kv_cache: KVCache | None = None,
-                return_aux_loss: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
+        kv_cache: KVCache | None = None,
+        return_aux_loss: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
         """input_ids (B, T); attention_mask (B, S) with 1 for real tokens and 0 for padding, covering
         cached tokens too (S = kv_cache.seq_len + T); positions (B, T) override the default ids.
 
@@ -320,10 +363,14 @@ class Transformer(nn.Module):
         start = kv_cache.seq_len if kv_cache is not None else 0
         S = start + T
         if kv_cache is not None and (B > kv_cache.max_batch or S > kv_cache.max_seq_len):
-            raise ValueError(f"kv_cache holds {kv_cache.max_batch} x {kv_cache.max_seq_len} tokens; "
-                             f"batch {B} with {S} tokens does not fit: allocate a larger cache")
+            raise ValueError(
+                f"kv_cache holds {kv_cache.max_batch} x {kv_cache.max_seq_len} tokens; "
+                f"batch {B} with {S} tokens does not fit: allocate a larger cache"
+            )
         if attention_mask is not None and attention_mask.shape != (B, S):
-            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}; expected (B, cached + new) = {(B, S)}")
+            raise ValueError(
+                f"attention_mask has shape {tuple(attention_mask.shape)}; expected (B, cached + new) = {(B, S)}"
+            )
         if positions is None:
             positions = self.default_positions(attention_mask, T, start, input_ids.device)
 
@@ -343,7 +390,9 @@ class Transformer(nn.Module):
             allowed = allowed[None, None]  # (1, 1, T, S)
             if attention_mask is not None:
                 allowed = allowed & attention_mask.bool()[:, None, None, :]  # (B, 1, T, S)
-            mask = torch.zeros(allowed.shape, dtype=x.dtype, device=x.device).masked_fill(~allowed, torch.finfo(x.dtype).min)
+            mask = torch.zeros(allowed.shape, dtype=x.dtype, device=x.device).masked_fill(
+                ~allowed, torch.finfo(x.dtype).min
+            )
 
         token_mask = attention_mask[:, -T:] if attention_mask is not None else None
         stats: list[RouterStats] = []
@@ -387,7 +436,7 @@ def _no_default_init() -> Iterator[None]:
             cls.reset_parameters = lambda self: None  # type: ignore[method-assign]
         yield
     finally:
-        for cls, method in zip(classes, saved):
+        for cls, method in zip(classes, saved, strict=True):
             cls.reset_parameters = method  # type: ignore[method-assign]
 
 
@@ -397,8 +446,14 @@ def meta_model(config: ModelConfig, group: object = None) -> Transformer:
         return Transformer(config, group)
 
 
-def build_model(config: ModelConfig, *, group: object = None, dtype: torch.dtype = torch.float32,
-                device: torch.device | str = "cpu", seed: int | None = 0) -> Transformer:
+def build_model(
+    config: ModelConfig,
+    *,
+    group: object = None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    seed: int | None = 0,
+) -> Transformer:
     """A randomly initialised model; the full weights are the same whatever the tp size."""
     model = meta_model(config, group)
     model.to_empty(device=device)

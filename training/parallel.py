@@ -141,7 +141,9 @@ ShardSpec = Shard | Replicated
 REPLICATED = Replicated()
 
 
-def shard_slices(spec: ShardSpec, full_shape: tuple[int, ...] | torch.Size, rank: int, world: int) -> list[tuple[slice, ...]]:
+def shard_slices(
+    spec: ShardSpec, full_shape: tuple[int, ...] | torch.Size, rank: int, world: int
+) -> list[tuple[slice, ...]]:
     """Index tuples (into the full tensor) of the pieces that make rank ``rank``'s shard, in order."""
     full_shape = tuple(full_shape)
     everything = tuple(slice(0, n) for n in full_shape)
@@ -150,11 +152,15 @@ def shard_slices(spec: ShardSpec, full_shape: tuple[int, ...] | torch.Size, rank
     dim = spec.dim % len(full_shape)
     blocks = spec.blocks or (full_shape[dim],)
     if sum(blocks) != full_shape[dim]:
-        raise ValueError(f"fused blocks {blocks} do not add up to size {full_shape[dim]} of dim {dim} in shape {full_shape}")
+        raise ValueError(
+            f"fused blocks {blocks} do not add up to size {full_shape[dim]} of dim {dim} in shape {full_shape}"
+        )
     pieces, offset = [], 0
     for block in blocks:
         if block % world:
-            raise ValueError(f"block of size {block} (dim {dim} of shape {full_shape}) cannot be split into {world} equal parts")
+            raise ValueError(
+                f"block of size {block} (dim {dim} of shape {full_shape}) cannot be split into {world} equal parts"
+            )
         size = block // world
         index = list(everything)
         index[dim] = slice(offset + rank * size, offset + (rank + 1) * size)
@@ -189,7 +195,9 @@ def merge_shards(parts: list[torch.Tensor] | tuple[torch.Tensor, ...], spec: Sha
     dim = spec.dim % parts[0].ndim
     blocks = spec.blocks or (parts[0].shape[dim] * world,)
     if sum(blocks) != parts[0].shape[dim] * world:
-        raise ValueError(f"shards of size {parts[0].shape[dim]} x {world} do not match fused blocks {blocks} along dim {dim}")
+        raise ValueError(
+            f"shards of size {parts[0].shape[dim]} x {world} do not match fused blocks {blocks} along dim {dim}"
+        )
     merged, offset = [], 0
     for block in blocks:
         size = block // world

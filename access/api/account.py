@@ -22,7 +22,8 @@ from access.models import ApiKey, Grant
 
 @extend_schema_view(
     get=extend_schema(
-        tags=["grants"], operation_id="grants_list",
+        tags=["grants"],
+        operation_id="grants_list",
         summary="My grants, latest expiry first; `active` means usable now (not revoked, not expired)",
         responses={200: GrantSerializer(many=True), **errors(401)},
     )
@@ -37,12 +38,17 @@ class GrantList(generics.ListAPIView):
 
 @extend_schema_view(
     get=extend_schema(
-        tags=["api-keys"], operation_id="api_keys_list", summary="My API keys (the keys themselves are never shown)",
+        tags=["api-keys"],
+        operation_id="api_keys_list",
+        summary="My API keys (the keys themselves are never shown)",
         responses={200: ApiKeySerializer(many=True), **errors(401)},
     ),
     post=extend_schema(
-        tags=["api-keys"], operation_id="api_keys_create", summary="Create an API key; the key is returned once",
-        request=ApiKeyCreateInputSerializer, responses={201: ApiKeyCreatedSerializer, **errors(400, 401)},
+        tags=["api-keys"],
+        operation_id="api_keys_create",
+        summary="Create an API key; the key is returned once",
+        request=ApiKeyCreateInputSerializer,
+        responses={201: ApiKeyCreatedSerializer, **errors(400, 401)},
     ),
 )
 class ApiKeyListCreate(generics.ListCreateAPIView):
@@ -61,8 +67,11 @@ class ApiKeyListCreate(generics.ListCreateAPIView):
 
 class ApiKeyRevoke(APIView):
     @extend_schema(
-        tags=["api-keys"], operation_id="api_keys_revoke", summary="Revoke one of my API keys (immediate)",
-        request=None, responses={200: ApiKeySerializer, **errors(401, 404)},
+        tags=["api-keys"],
+        operation_id="api_keys_revoke",
+        summary="Revoke one of my API keys (immediate)",
+        request=None,
+        responses={200: ApiKeySerializer, **errors(401, 404)},
     )
     def post(self, request: Request, key_id: int) -> Response:
         key = selectors.access_api_key(actor=request.user, key_id=key_id)

@@ -36,11 +36,16 @@ def own_application(request: Request, application_id: int) -> Application:
 
 @extend_schema_view(
     get=extend_schema(
-        tags=TAGS, operation_id="applications_list", summary="My applications, newest first",
-        parameters=[ApplicationListQuerySerializer], responses={200: ApplicationSerializer(many=True), **errors(400, 401)},
+        tags=TAGS,
+        operation_id="applications_list",
+        summary="My applications, newest first",
+        parameters=[ApplicationListQuerySerializer],
+        responses={200: ApplicationSerializer(many=True), **errors(400, 401)},
     ),
     post=extend_schema(
-        tags=TAGS, operation_id="applications_create", summary="Apply for a gated release",
+        tags=TAGS,
+        operation_id="applications_create",
+        summary="Apply for a gated release",
         request=ApplicationCreateSerializer,
         responses={201: ApplicationSerializer, **errors(400, 401, 403, 409)},
     ),
@@ -67,7 +72,9 @@ class ApplicationListCreate(generics.ListCreateAPIView):
                 {"release": ["No listed release has this slug; see /api/v1/releases/ for the slugs."]}
             ) from None
         application = services.application_submit(
-            applicant=request.user, release=release, data=services.ApplicationInput(**data),
+            applicant=request.user,
+            release=release,
+            data=services.ApplicationInput(**data),
             meta=services.RequestMeta.from_request(request),
         )
         return Response(ApplicationSerializer(application).data, status=status.HTTP_201_CREATED)
@@ -75,7 +82,9 @@ class ApplicationListCreate(generics.ListCreateAPIView):
 
 class ApplicationDetail(APIView):
     @extend_schema(
-        tags=TAGS, operation_id="applications_retrieve", summary="One of my applications",
+        tags=TAGS,
+        operation_id="applications_retrieve",
+        summary="One of my applications",
         responses={200: ApplicationSerializer, **errors(401, 404)},
     )
     def get(self, request: Request, application_id: int) -> Response:
@@ -84,7 +93,8 @@ class ApplicationDetail(APIView):
 
 class ApplicationMessages(APIView):
     @extend_schema(
-        tags=TAGS, operation_id="applications_messages_list",
+        tags=TAGS,
+        operation_id="applications_messages_list",
         summary="The thread with the reviewers (questions and answers, oldest first)",
         responses={200: MessageSerializer(many=True), **errors(401, 404)},
     )
@@ -97,15 +107,19 @@ class ApplicationMessages(APIView):
 
 class ApplicationAnswer(APIView):
     @extend_schema(
-        tags=TAGS, operation_id="applications_answer",
+        tags=TAGS,
+        operation_id="applications_answer",
         summary="Answer the reviewer's question (the application must be in needs_info)",
-        request=AnswerInputSerializer, responses={200: ApplicationSerializer, **errors(400, 401, 404, 409)},
+        request=AnswerInputSerializer,
+        responses={200: ApplicationSerializer, **errors(400, 401, 404, 409)},
     )
     def post(self, request: Request, application_id: int) -> Response:
         application = own_application(request, application_id)
         data = validated(AnswerInputSerializer, request.data)
         application = services.application_answer(
-            application=application, applicant=request.user, message=data["message"],
+            application=application,
+            applicant=request.user,
+            message=data["message"],
             meta=services.RequestMeta.from_request(request),
         )
         return Response(ApplicationSerializer(application).data)
@@ -113,12 +127,16 @@ class ApplicationAnswer(APIView):
 
 class ApplicationWithdraw(APIView):
     @extend_schema(
-        tags=TAGS, operation_id="applications_withdraw", summary="Withdraw an open application",
-        request=None, responses={200: ApplicationSerializer, **errors(401, 404, 409)},
+        tags=TAGS,
+        operation_id="applications_withdraw",
+        summary="Withdraw an open application",
+        request=None,
+        responses={200: ApplicationSerializer, **errors(401, 404, 409)},
     )
     def post(self, request: Request, application_id: int) -> Response:
         application = services.application_withdraw(
-            application=own_application(request, application_id), applicant=request.user,
+            application=own_application(request, application_id),
+            applicant=request.user,
             meta=services.RequestMeta.from_request(request),
         )
         return Response(ApplicationSerializer(application).data)

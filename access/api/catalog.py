@@ -27,7 +27,9 @@ from access.models import ModelFamily, Release
 TAGS = ["catalog"]
 
 
-@extend_schema_view(get=extend_schema(tags=TAGS, operation_id="releases_list", summary="Listed releases, with their cards"))
+@extend_schema_view(
+    get=extend_schema(tags=TAGS, operation_id="releases_list", summary="Listed releases, with their cards")
+)
 class ReleaseList(generics.ListAPIView):
     permission_classes = (permissions.AllowAny,)
     serializer_class = ReleaseSerializer
@@ -41,7 +43,9 @@ class ReleaseDetail(APIView):
     permission_classes = (permissions.AllowAny,)
 
     @extend_schema(
-        tags=TAGS, operation_id="releases_retrieve", summary="One release by slug",
+        tags=TAGS,
+        operation_id="releases_retrieve",
+        summary="One release by slug",
         responses={200: ReleaseSerializer, **errors(404)},
     )
     def get(self, request: Request, slug: str) -> Response:
@@ -71,15 +75,21 @@ class ReleaseLicense(APIView):
     permission_classes = (permissions.AllowAny,)
 
     @extend_schema(
-        tags=TAGS, operation_id="releases_license_retrieve", summary="The license text in force for a release",
+        tags=TAGS,
+        operation_id="releases_license_retrieve",
+        summary="The license text in force for a release",
         responses={200: LicenseTextSerializer, **errors(404)},
     )
     def get(self, request: Request, slug: str) -> Response:
         release = selectors.release_by_slug(slug)
         current = _current_license(release)
         payload = {
-            "release": release.slug, "license": release.license.name, "license_slug": release.license.slug,
-            "version_id": current.pk, "version": current.version, "published_at": current.published_at,
+            "release": release.slug,
+            "license": release.license.name,
+            "license_slug": release.license.slug,
+            "version_id": current.pk,
+            "version": current.version,
+            "published_at": current.published_at,
             "text": current.text,
         }
         return Response(LicenseTextSerializer(payload).data)
@@ -87,7 +97,9 @@ class ReleaseLicense(APIView):
 
 class ReleaseLicenseAccept(APIView):
     @extend_schema(
-        tags=TAGS, operation_id="releases_license_accept", summary="Accept the license version you read",
+        tags=TAGS,
+        operation_id="releases_license_accept",
+        summary="Accept the license version you read",
         request=LicenseAcceptInputSerializer,
         responses={201: LicenseAcceptanceSerializer, **errors(400, 401, 404, 409)},
     )
@@ -95,7 +107,9 @@ class ReleaseLicenseAccept(APIView):
         release = selectors.release_by_slug(slug)
         data = validated(LicenseAcceptInputSerializer, request.data)
         acceptance = services.license_accept(
-            user=request.user, release=release, license_version_id=data["license_version_id"],
+            user=request.user,
+            release=release,
+            license_version_id=data["license_version_id"],
             meta=services.RequestMeta.from_request(request),
         )
         return Response(LicenseAcceptanceSerializer(acceptance).data, status=status.HTTP_201_CREATED)
@@ -103,7 +117,8 @@ class ReleaseLicenseAccept(APIView):
 
 class ReleaseAccess(APIView):
     @extend_schema(
-        tags=["grants"], operation_id="releases_access_check",
+        tags=["grants"],
+        operation_id="releases_access_check",
         summary="May I use this release now?",
         description=(
             "Answers for the caller from live rows: an active, unexpired, unrevoked grant (gated releases) "
@@ -115,7 +130,9 @@ class ReleaseAccess(APIView):
         release = selectors.release_by_slug(slug)
         decision = selectors.release_access_check(user=request.user, release=release)
         payload = {
-            "allowed": decision.allowed, "reason": decision.reason, "message": decision.message,
+            "allowed": decision.allowed,
+            "reason": decision.reason,
+            "message": decision.message,
             "grant_expires_at": decision.grant.expires_at if decision.grant is not None else None,
         }
         return Response(AccessCheckSerializer(payload).data)

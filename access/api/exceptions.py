@@ -31,7 +31,9 @@ def flatten_errors(detail: Any, prefix: str = "") -> dict[str, list[str]]:
         for index, value in enumerate(detail):
             if isinstance(value, (dict, list)):
                 # A list of nested errors (ListField children): keep the item index in the name.
-                for field_name, messages in flatten_errors(value, f"{prefix}.{index}" if prefix else str(index)).items():
+                for field_name, messages in flatten_errors(
+                    value, f"{prefix}.{index}" if prefix else str(index)
+                ).items():
                     flat.setdefault(field_name, []).extend(messages)
             else:
                 flat.setdefault(prefix or NON_FIELD, []).append(str(value))

@@ -46,8 +46,11 @@ def review_data(application: Application) -> dict[str, Any]:
 
 @extend_schema_view(
     get=extend_schema(
-        tags=TAGS, operation_id="review_applications_list", summary="The review queue, oldest first",
-        parameters=[QueueQuerySerializer], responses={200: QueueItemSerializer(many=True), **errors(400, 401, 403)},
+        tags=TAGS,
+        operation_id="review_applications_list",
+        summary="The review queue, oldest first",
+        parameters=[QueueQuerySerializer],
+        responses={200: QueueItemSerializer(many=True), **errors(400, 401, 403)},
     )
 )
 class ReviewQueue(generics.ListAPIView):
@@ -71,7 +74,8 @@ class ReviewQueue(generics.ListAPIView):
 
 class ReviewDetail(ReviewView):
     @extend_schema(
-        tags=TAGS, operation_id="review_applications_retrieve",
+        tags=TAGS,
+        operation_id="review_applications_retrieve",
         summary="An application with its thread, internal notes and risk signals",
         responses={200: ReviewApplicationSerializer, **errors(401, 403, 404)},
     )
@@ -81,12 +85,16 @@ class ReviewDetail(ReviewView):
 
 class ReviewStart(ReviewView):
     @extend_schema(
-        tags=TAGS, operation_id="review_applications_start_review", summary="Take a submitted application",
-        request=None, responses={200: ReviewApplicationSerializer, **errors(401, 403, 404, 409)},
+        tags=TAGS,
+        operation_id="review_applications_start_review",
+        summary="Take a submitted application",
+        request=None,
+        responses={200: ReviewApplicationSerializer, **errors(401, 403, 404, 409)},
     )
     def post(self, request: Request, application_id: int) -> Response:
         application = services.application_start_review(
-            application=self.application(application_id), reviewer=request.user,
+            application=self.application(application_id),
+            reviewer=request.user,
             meta=services.RequestMeta.from_request(request),
         )
         return Response(review_data(application))
@@ -94,7 +102,9 @@ class ReviewStart(ReviewView):
 
 class ReviewApprove(ReviewView):
     @extend_schema(
-        tags=TAGS, operation_id="review_applications_approve", summary="Approve and grant access",
+        tags=TAGS,
+        operation_id="review_applications_approve",
+        summary="Approve and grant access",
         request=ApproveInputSerializer,
         responses={
             200: inline_serializer(
@@ -107,8 +117,11 @@ class ReviewApprove(ReviewView):
         application = self.application(application_id)
         data = validated(ApproveInputSerializer, request.data)
         grant = services.application_approve(
-            application=application, reviewer=request.user, meta=services.RequestMeta.from_request(request),
-            expires_at=data.get("expires_at"), expected_version=data.get("expected_version"),
+            application=application,
+            reviewer=request.user,
+            meta=services.RequestMeta.from_request(request),
+            expires_at=data.get("expires_at"),
+            expected_version=data.get("expected_version"),
         )
         application.refresh_from_db()
         return Response({"application": review_data(application), "grant": GrantSerializer(grant).data})
@@ -116,22 +129,30 @@ class ReviewApprove(ReviewView):
 
 class ReviewReject(ReviewView):
     @extend_schema(
-        tags=TAGS, operation_id="review_applications_reject", summary="Decline, with a reason for the applicant",
-        request=RejectInputSerializer, responses={200: ReviewApplicationSerializer, **errors(400, 401, 403, 404, 409)},
+        tags=TAGS,
+        operation_id="review_applications_reject",
+        summary="Decline, with a reason for the applicant",
+        request=RejectInputSerializer,
+        responses={200: ReviewApplicationSerializer, **errors(400, 401, 403, 404, 409)},
     )
     def post(self, request: Request, application_id: int) -> Response:
         application = self.application(application_id)
         data = validated(RejectInputSerializer, request.data)
         application = services.application_reject(
-            application=application, reviewer=request.user, reason=data["reason"],
-            meta=services.RequestMeta.from_request(request), expected_version=data.get("expected_version"),
+            application=application,
+            reviewer=request.user,
+            reason=data["reason"],
+            meta=services.RequestMeta.from_request(request),
+            expected_version=data.get("expected_version"),
         )
         return Response(review_data(application))
 
 
 class ReviewRequestInfo(ReviewView):
     @extend_schema(
-        tags=TAGS, operation_id="review_applications_request_info", summary="Ask the applicant a question",
+        tags=TAGS,
+        operation_id="review_applications_request_info",
+        summary="Ask the applicant a question",
         request=RequestInfoInputSerializer,
         responses={200: ReviewApplicationSerializer, **errors(400, 401, 403, 404, 409)},
     )
@@ -139,22 +160,30 @@ class ReviewRequestInfo(ReviewView):
         application = self.application(application_id)
         data = validated(RequestInfoInputSerializer, request.data)
         application = services.application_request_info(
-            application=application, reviewer=request.user, message=data["message"],
-            meta=services.RequestMeta.from_request(request), expected_version=data.get("expected_version"),
+            application=application,
+            reviewer=request.user,
+            message=data["message"],
+            meta=services.RequestMeta.from_request(request),
+            expected_version=data.get("expected_version"),
         )
         return Response(review_data(application))
 
 
 class ReviewNotes(ReviewView):
     @extend_schema(
-        tags=TAGS, operation_id="review_applications_notes_create", summary="Add an internal note",
-        request=NoteInputSerializer, responses={201: NoteSerializer, **errors(400, 401, 403, 404)},
+        tags=TAGS,
+        operation_id="review_applications_notes_create",
+        summary="Add an internal note",
+        request=NoteInputSerializer,
+        responses={201: NoteSerializer, **errors(400, 401, 403, 404)},
     )
     def post(self, request: Request, application_id: int) -> Response:
         application = self.application(application_id)
         data = validated(NoteInputSerializer, request.data)
         note = services.application_add_note(
-            application=application, reviewer=request.user, body=data["body"],
+            application=application,
+            reviewer=request.user,
+            body=data["body"],
             meta=services.RequestMeta.from_request(request),
         )
         return Response(NoteSerializer(note).data, status=status.HTTP_201_CREATED)
@@ -162,15 +191,20 @@ class ReviewNotes(ReviewView):
 
 class ReviewBulk(ReviewView):
     @extend_schema(
-        tags=TAGS, operation_id="review_bulk_decide",
+        tags=TAGS,
+        operation_id="review_bulk_decide",
         summary="Approve or reject many; each that cannot be decided is listed in `conflicts`",
-        request=BulkInputSerializer, responses={200: BulkResultSerializer, **errors(400, 401, 403)},
+        request=BulkInputSerializer,
+        responses={200: BulkResultSerializer, **errors(400, 401, 403)},
     )
     def post(self, request: Request) -> Response:
         data = validated(BulkInputSerializer, request.data)
         result = services.applications_bulk_decide(
-            application_ids=list(dict.fromkeys(data["ids"])), reviewer=request.user, decision=data["decision"],
-            reason=data["reason"], meta=services.RequestMeta.from_request(request),
+            application_ids=list(dict.fromkeys(data["ids"])),
+            reviewer=request.user,
+            decision=data["decision"],
+            reason=data["reason"],
+            meta=services.RequestMeta.from_request(request),
         )
         payload = {"decided": result.decided, "conflicts": {str(pk): why for pk, why in result.conflicts.items()}}
         return Response(BulkResultSerializer(payload).data)
@@ -178,16 +212,18 @@ class ReviewBulk(ReviewView):
 
 class ReviewMetrics(ReviewView):
     @extend_schema(
-        tags=TAGS, operation_id="review_metrics_retrieve",
+        tags=TAGS,
+        operation_id="review_metrics_retrieve",
         summary="Pending count, decision times (median, p90, last 30 days) and weekly decisions",
         responses={200: MetricsSerializer, **errors(401, 403)},
     )
     def get(self, request: Request) -> Response:
         metrics = selectors.review_metrics()
         payload = {
-            "pending": metrics.pending, "decided_30d": metrics.decided_30d,
-            "median_hours_30d": metrics.median_hours_30d, "p90_hours_30d": metrics.p90_hours_30d,
+            "pending": metrics.pending,
+            "decided_30d": metrics.decided_30d,
+            "median_hours_30d": metrics.median_hours_30d,
+            "p90_hours_30d": metrics.p90_hours_30d,
             "weekly": [{"week_start": week, "decisions": count} for week, count in metrics.weekly],
         }
         return Response(MetricsSerializer(payload).data)
-

@@ -133,8 +133,14 @@ class ModelCardSerializer(serializers.ModelSerializer):
     class Meta:
         model = ModelCard
         fields = (
-            "release_date", "version", "model_type", "intended_use", "out_of_scope_use", "evaluation_data",
-            "limitations", "training_compute",
+            "release_date",
+            "version",
+            "model_type",
+            "intended_use",
+            "out_of_scope_use",
+            "evaluation_data",
+            "limitations",
+            "training_compute",
         )
 
 
@@ -142,7 +148,15 @@ class DataCardSerializer(serializers.ModelSerializer):
     class Meta:
         model = DataCard
         fields = (
-            "slug", "title", "motivation", "datasets", "size_tokens", "raw_data", "labels", "splits", "collection",
+            "slug",
+            "title",
+            "motivation",
+            "datasets",
+            "size_tokens",
+            "raw_data",
+            "labels",
+            "splits",
+            "collection",
             "preprocessing",
         )
 
@@ -158,8 +172,16 @@ class ReleaseSerializer(serializers.ModelSerializer):
     class Meta:
         model = Release
         fields = (
-            "slug", "name", "size_label", "summary", "family", "access_tier", "architecture", "license",
-            "model_card", "data_card",
+            "slug",
+            "name",
+            "size_label",
+            "summary",
+            "family",
+            "access_tier",
+            "architecture",
+            "license",
+            "model_card",
+            "data_card",
         )
 
     @extend_schema_field(ModelCardSerializer(allow_null=True))
@@ -197,7 +219,13 @@ class AccessCheckSerializer(serializers.Serializer):
     allowed = serializers.BooleanField()
     reason = serializers.ChoiceField(
         choices=[
-            "ok", "anonymous", "inactive", "license_not_accepted", "license_changed", "no_grant", "grant_expired",
+            "ok",
+            "anonymous",
+            "inactive",
+            "license_not_accepted",
+            "license_changed",
+            "no_grant",
+            "grant_expired",
             "grant_revoked",
         ]
     )
@@ -259,9 +287,26 @@ class ApplicationSerializer(serializers.ModelSerializer):
     class Meta:
         model = Application
         fields = (
-            "id", "release", "release_name", "status", "version", "renewal_of", "full_name", "email", "affiliation",
-            "organization_type", "role", "country", "research_purpose", "intended_use", "publications",
-            "license_version", "non_commercial_attested", "submitted_at", "updated_at", "decided_at",
+            "id",
+            "release",
+            "release_name",
+            "status",
+            "version",
+            "renewal_of",
+            "full_name",
+            "email",
+            "affiliation",
+            "organization_type",
+            "role",
+            "country",
+            "research_purpose",
+            "intended_use",
+            "publications",
+            "license_version",
+            "non_commercial_attested",
+            "submitted_at",
+            "updated_at",
+            "decided_at",
             "rejection_reason",
         )
 
@@ -286,8 +331,9 @@ class QueueQuerySerializer(serializers.Serializer):
     country = serializers.CharField(max_length=2, required=False, help_text="ISO 3166-1 alpha-2 code.")
     submitted_from = serializers.DateField(required=False)
     submitted_to = serializers.DateField(required=False)
-    search = serializers.CharField(max_length=200, required=False, allow_blank=True,
-                                   help_text="Matches name, email or affiliation.")
+    search = serializers.CharField(
+        max_length=200, required=False, allow_blank=True, help_text="Matches name, email or affiliation."
+    )
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         start, end = attrs.get("submitted_from"), attrs.get("submitted_to")
@@ -305,8 +351,17 @@ class QueueItemSerializer(serializers.ModelSerializer):
     class Meta:
         model = Application
         fields = (
-            "id", "release", "status", "version", "full_name", "email", "affiliation", "organization_type",
-            "country", "submitted_at", "reviewer",
+            "id",
+            "release",
+            "status",
+            "version",
+            "full_name",
+            "email",
+            "affiliation",
+            "organization_type",
+            "country",
+            "submitted_at",
+            "reviewer",
         )
 
     @extend_schema_field(serializers.CharField(allow_null=True))
@@ -343,8 +398,14 @@ class ReviewApplicationSerializer(ApplicationSerializer):
 
     class Meta(ApplicationSerializer.Meta):
         fields = (
-            *ApplicationSerializer.Meta.fields, "applicant_id", "reviewer", "decided_by", "submitted_ip",
-            "messages", "notes", "signals",
+            *ApplicationSerializer.Meta.fields,
+            "applicant_id",
+            "reviewer",
+            "decided_by",
+            "submitted_ip",
+            "messages",
+            "notes",
+            "signals",
         )
 
     @extend_schema_field(serializers.CharField(allow_null=True))
@@ -374,7 +435,10 @@ class ApproveInputSerializer(serializers.Serializer):
         required=False, allow_null=True, help_text="When the grant ends; default: the standard grant length."
     )
     expected_version = serializers.IntegerField(
-        min_value=1, max_value=MAX_VERSION, required=False, allow_null=True,
+        min_value=1,
+        max_value=MAX_VERSION,
+        required=False,
+        allow_null=True,
         help_text="The application `version` you reviewed; a newer version answers 409.",
     )
 
@@ -396,8 +460,9 @@ class NoteInputSerializer(serializers.Serializer):
 class BulkInputSerializer(serializers.Serializer):
     ids = serializers.ListField(child=id_field(), min_length=1, max_length=200)
     decision = serializers.ChoiceField(choices=["approve", "reject"])
-    reason = serializers.CharField(max_length=MAX_TEXT, required=False, default="", allow_blank=True,
-                                   help_text="Required to reject.")
+    reason = serializers.CharField(
+        max_length=MAX_TEXT, required=False, default="", allow_blank=True, help_text="Required to reject."
+    )
 
 
 class BulkResultSerializer(serializers.Serializer):
@@ -434,8 +499,16 @@ class GrantSerializer(serializers.ModelSerializer):
     class Meta:
         model = Grant
         fields = (
-            "id", "release", "release_name", "application", "state", "active", "starts_at",
-            "expires_at", "revoked_at", "revoke_reason",
+            "id",
+            "release",
+            "release_name",
+            "application",
+            "state",
+            "active",
+            "starts_at",
+            "expires_at",
+            "revoked_at",
+            "revoke_reason",
         )
 
     def get_active(self, grant: Grant) -> bool:

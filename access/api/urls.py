@@ -20,12 +20,16 @@ urlpatterns = [
     path("applications/", applications.ApplicationListCreate.as_view(), name="applications"),
     path("applications/<int:application_id>/", applications.ApplicationDetail.as_view(), name="application"),
     path(
-        "applications/<int:application_id>/messages/", applications.ApplicationMessages.as_view(),
+        "applications/<int:application_id>/messages/",
+        applications.ApplicationMessages.as_view(),
         name="application-messages",
     ),
-    path("applications/<int:application_id>/answer/", applications.ApplicationAnswer.as_view(), name="application-answer"),
     path(
-        "applications/<int:application_id>/withdraw/", applications.ApplicationWithdraw.as_view(),
+        "applications/<int:application_id>/answer/", applications.ApplicationAnswer.as_view(), name="application-answer"
+    ),
+    path(
+        "applications/<int:application_id>/withdraw/",
+        applications.ApplicationWithdraw.as_view(),
         name="application-withdraw",
     ),
     # Review
@@ -35,7 +39,8 @@ urlpatterns = [
     path("review/applications/<int:application_id>/approve/", review.ReviewApprove.as_view(), name="review-approve"),
     path("review/applications/<int:application_id>/reject/", review.ReviewReject.as_view(), name="review-reject"),
     path(
-        "review/applications/<int:application_id>/request-info/", review.ReviewRequestInfo.as_view(),
+        "review/applications/<int:application_id>/request-info/",
+        review.ReviewRequestInfo.as_view(),
         name="review-request-info",
     ),
     path("review/applications/<int:application_id>/notes/", review.ReviewNotes.as_view(), name="review-notes"),

@@ -28,8 +28,9 @@ RESEND_COOLDOWN_SECONDS = 60
 
 def _safe_next(request: HttpRequest, default: str) -> str:
     target = request.POST.get("next") or request.GET.get("next") or ""
-    if target and url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()},
-                                                    require_https=request.is_secure()):
+    if target and url_has_allowed_host_and_scheme(
+        target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
         return target
     return default
 
@@ -48,8 +49,11 @@ def signup(request: HttpRequest) -> HttpResponse:
             data = form.cleaned_data
             try:
                 user = services.user_register(
-                    email=data["email"], password=data["password"], full_name=data["full_name"],
-                    affiliation=data["affiliation"], meta=services.RequestMeta.from_request(request),
+                    email=data["email"],
+                    password=data["password"],
+                    full_name=data["full_name"],
+                    affiliation=data["affiliation"],
+                    meta=services.RequestMeta.from_request(request),
                 )
             except InvalidInput as exc:
                 apply_service_error(form, exc)
@@ -62,7 +66,9 @@ def signup(request: HttpRequest) -> HttpResponse:
                 )
                 return redirect(_safe_next(request, reverse("catalog")))
         status = 400
-    return render(request, "access/accounts/signup.html", {"form": form, "next": _safe_next(request, "")}, status=status)
+    return render(
+        request, "access/accounts/signup.html", {"form": form, "next": _safe_next(request, "")}, status=status
+    )
 
 
 @require_http_methods(["GET"])
@@ -176,7 +182,9 @@ def profile(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
         if form.is_valid():
             services.user_update_profile(
-                user=user, full_name=form.cleaned_data["full_name"], affiliation=form.cleaned_data["affiliation"],
+                user=user,
+                full_name=form.cleaned_data["full_name"],
+                affiliation=form.cleaned_data["affiliation"],
                 meta=services.RequestMeta.from_request(request),
             )
             messages.success(request, "Your profile is saved.")
@@ -201,7 +209,8 @@ def api_keys(request: HttpRequest) -> HttpResponse:
             expires_on = form.cleaned_data["expires_at"]
             try:
                 key, raw = services.api_key_create(
-                    user=request.user, name=form.cleaned_data["name"],
+                    user=request.user,
+                    name=form.cleaned_data["name"],
                     expires_at=_end_of_day(expires_on) if expires_on else None,
                 )
             except InvalidInput as exc:

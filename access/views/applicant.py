@@ -27,10 +27,10 @@ NOTIFICATIONS_PER_PAGE = 50
 
 _EXPLANATIONS = {
     ApplicationStatus.SUBMITTED: "Your application is in the queue. A reviewer will pick it up; "
-                                 "we email you when anything changes.",
+    "we email you when anything changes.",
     ApplicationStatus.IN_REVIEW: "A reviewer is looking at your application.",
     ApplicationStatus.NEEDS_INFO: "A reviewer needs more information. Answer the question below; "
-                                  "your application then goes back to the reviewer.",
+    "your application then goes back to the reviewer.",
     ApplicationStatus.APPROVED: "Your application is approved.",
     ApplicationStatus.REJECTED: "Your application was declined.",
     ApplicationStatus.WITHDRAWN: "You withdrew this application. Apply again from the model's page if you still need access.",
@@ -40,10 +40,14 @@ _EXPLANATIONS = {
 @login_required
 def my_applications(request: HttpRequest) -> HttpResponse:
     grants = list(selectors.user_grants(user=request.user))
-    return render(request, "access/applicant/my_applications.html", {
-        "applications": selectors.user_applications(user=request.user),
-        "grants": [{"grant": g, "renewable": selectors.grant_renewable(g)} for g in grants],
-    })
+    return render(
+        request,
+        "access/applicant/my_applications.html",
+        {
+            "applications": selectors.user_applications(user=request.user),
+            "grants": [{"grant": g, "renewable": selectors.grant_renewable(g)} for g in grants],
+        },
+    )
 
 
 def _application_grant(application: Application) -> Grant | None:
@@ -101,7 +105,9 @@ def application_answer(request: HttpRequest, application_id: int) -> HttpRespons
     if form.is_valid():
         try:
             services.application_answer(
-                application=application, applicant=request.user, message=form.cleaned_data["message"],
+                application=application,
+                applicant=request.user,
+                message=form.cleaned_data["message"],
                 meta=services.RequestMeta.from_request(request),
             )
         except AccessError as exc:
@@ -111,8 +117,12 @@ def application_answer(request: HttpRequest, application_id: int) -> HttpRespons
             messages.success(request, "Your answer is sent; the application is back with the reviewer.")
             return redirect("application-detail", application_id=application.pk)
     application.refresh_from_db()
-    return render(request, "access/applicant/application_detail.html",
-                  _detail_context(request, application, answer_form=form), status=status)
+    return render(
+        request,
+        "access/applicant/application_detail.html",
+        _detail_context(request, application, answer_form=form),
+        status=status,
+    )
 
 
 @login_required
@@ -133,8 +143,12 @@ def application_withdraw(request: HttpRequest, application_id: int) -> HttpRespo
             messages.success(request, f"Application #{application.pk} is withdrawn.")
             return redirect("application-detail", application_id=application.pk)
     application.refresh_from_db()
-    return render(request, "access/applicant/application_detail.html",
-                  _detail_context(request, application, withdraw_form=form), status=status)
+    return render(
+        request,
+        "access/applicant/application_detail.html",
+        _detail_context(request, application, withdraw_form=form),
+        status=status,
+    )
 
 
 def _renewal_blocker(grant: Grant) -> dict[str, Any] | None:
@@ -142,9 +156,7 @@ def _renewal_blocker(grant: Grant) -> dict[str, Any] | None:
     if selectors.grant_renewable(grant):
         return None
     now = timezone.now()
-    pending = grant.renewal_applications.filter(
-        status__in=PENDING_STATUSES + (ApplicationStatus.NEEDS_INFO,)
-    ).first()
+    pending = grant.renewal_applications.filter(status__in=PENDING_STATUSES + (ApplicationStatus.NEEDS_INFO,)).first()
     if pending is not None:
         return {"message": f"Your renewal request #{pending.pk} is being reviewed.", "application": pending}
     if grant.status != GrantStatus.ACTIVE or grant.expires_at <= now:
@@ -162,9 +174,12 @@ def grant_renew(request: HttpRequest, grant_id: int) -> HttpResponse:
     if grant.user_id != request.user.pk:
         raise Http404("No such grant.")
     current = grant.release.license.current_version
-    label = (f"{grant.release.license.name} version {current.version}" if current else grant.release.license.name)
-    form = RenewalForm(request.POST if request.method == "POST" else None,
-                       initial={"license_version_id": current.pk if current else None}, license_label=label)
+    label = f"{grant.release.license.name} version {current.version}" if current else grant.release.license.name
+    form = RenewalForm(
+        request.POST if request.method == "POST" else None,
+        initial={"license_version_id": current.pk if current else None},
+        license_label=label,
+    )
     status = 200
     service_error = ""
     if request.method == "POST":
@@ -172,7 +187,9 @@ def grant_renew(request: HttpRequest, grant_id: int) -> HttpResponse:
         if form.is_valid():
             try:
                 application = services.grant_request_renewal(
-                    grant=grant, user=request.user, meta=services.RequestMeta.from_request(request),
+                    grant=grant,
+                    user=request.user,
+                    meta=services.RequestMeta.from_request(request),
                     license_version_id=form.cleaned_data["license_version_id"],
                 )
             except AccessError as exc:
@@ -180,8 +197,10 @@ def grant_renew(request: HttpRequest, grant_id: int) -> HttpResponse:
                 service_error = exc.message
                 if isinstance(exc, InvalidInput) and getattr(exc, "errors", None):
                     # The copied application no longer passes today's rules: a fresh application is needed.
-                    service_error = ("Your last application does not meet the current requirements "
-                                     f"({exc.message}) Apply again from the model's page.")
+                    service_error = (
+                        "Your last application does not meet the current requirements "
+                        f"({exc.message}) Apply again from the model's page."
+                    )
                 form = RenewalForm(initial={"license_version_id": current.pk if current else None}, license_label=label)
             else:
                 messages.success(
@@ -190,13 +209,18 @@ def grant_renew(request: HttpRequest, grant_id: int) -> HttpResponse:
                     "Your current access continues while it is reviewed.",
                 )
                 return redirect("application-detail", application_id=application.pk)
-    return render(request, "access/applicant/grant_renew.html", {
-        "grant": grant,
-        "license_version": current,
-        "form": form,
-        "blocker": _renewal_blocker(grant),
-        "service_error": service_error,
-    }, status=status)
+    return render(
+        request,
+        "access/applicant/grant_renew.html",
+        {
+            "grant": grant,
+            "license_version": current,
+            "form": form,
+            "blocker": _renewal_blocker(grant),
+            "service_error": service_error,
+        },
+        status=status,
+    )
 
 
 @login_required
@@ -208,7 +232,11 @@ def notifications(request: HttpRequest) -> HttpResponse:
     unread_ids = {n.pk for n in shown if n.read_at is None}
     if unread_ids:
         services.notifications_mark_read(user=request.user, ids=sorted(unread_ids))
-    return render(request, "access/applicant/notifications.html", {
-        "page": page,
-        "items": [{"notification": n, "unread": n.pk in unread_ids} for n in shown],
-    })
+    return render(
+        request,
+        "access/applicant/notifications.html",
+        {
+            "page": page,
+            "items": [{"notification": n, "unread": n.pk in unread_ids} for n in shown],
+        },
+    )

@@ -57,7 +57,9 @@ def _access_state(user: Any, release: Release, latest: Application | None) -> di
     elif open_application is not None:
         label, css = f"Application {open_application.get_status_display().lower()}", open_application.status
     elif decision.reason in {"grant_expired", "grant_revoked"}:
-        label, css = ("Access expired", "rejected") if decision.reason == "grant_expired" else ("Access revoked", "revoked")
+        label, css = (
+            ("Access expired", "rejected") if decision.reason == "grant_expired" else ("Access revoked", "revoked")
+        )
     elif release.is_gated:
         label, css = "Not applied", ""
     else:
@@ -77,12 +79,14 @@ def catalog_index(request: HttpRequest) -> HttpResponse:
     latest = _latest_applications(request.user)
     families = []
     for family, members in groupby(releases, key=lambda r: r.family):
-        families.append({
-            "family": family,
-            "releases": [
-                {"release": r, "state": _access_state(request.user, r, latest.get(r.pk))} for r in members
-            ],
-        })
+        families.append(
+            {
+                "family": family,
+                "releases": [
+                    {"release": r, "state": _access_state(request.user, r, latest.get(r.pk))} for r in members
+                ],
+            }
+        )
     return render(request, "access/catalog/index.html", {"families": families})
 
 
@@ -100,16 +104,20 @@ def release_detail(request: HttpRequest, slug: str) -> HttpResponse:
         {**item, "share_percent": round(float(item.get("share") or 0) * 100, 1)} for item in (data_card.datasets or [])
     ]
     latest = _latest_applications(request.user).get(release.pk)
-    return render(request, "access/catalog/detail.html", {
-        "release": release,
-        "family": release.family,
-        "model_card": _model_card(release),
-        "data_card": data_card,
-        "datasets": datasets,
-        "license_version": release.license.current_version,
-        "is_moe": bool(release.n_experts),
-        "state": _access_state(request.user, release, latest),
-    })
+    return render(
+        request,
+        "access/catalog/detail.html",
+        {
+            "release": release,
+            "family": release.family,
+            "model_card": _model_card(release),
+            "data_card": data_card,
+            "datasets": datasets,
+            "license_version": release.license.current_version,
+            "is_moe": bool(release.n_experts),
+            "state": _access_state(request.user, release, latest),
+        },
+    )
 
 
 @require_http_methods(["GET", "POST"])
@@ -121,17 +129,21 @@ def release_license(request: HttpRequest, slug: str) -> HttpResponse:
     decision = selectors.release_access_check(user=request.user, release=release)
     # Accepting here is how open releases are unlocked, and how grant holders accept a new version.
     # Everyone else with a gated release accepts as part of their application.
-    can_accept = request.user.is_authenticated and current is not None and (
-        not release.is_gated or (decision.grant is not None and decision.grant.is_current())
+    can_accept = (
+        request.user.is_authenticated
+        and current is not None
+        and (not release.is_gated or (decision.grant is not None and decision.grant.is_current()))
     )
     accepted_current = (
         LicenseAcceptance.objects.filter(user=request.user, release=release, license_version=current).first()
-        if request.user.is_authenticated and current is not None else None
+        if request.user.is_authenticated and current is not None
+        else None
     )
     label = _license_label(release)
     form = LicenseAcceptForm(
         request.POST if request.method == "POST" else None,
-        initial={"license_version_id": current.pk if current else None}, license_label=label,
+        initial={"license_version_id": current.pk if current else None},
+        license_label=label,
     )
     status = 200
     service_error = ""
@@ -143,27 +155,35 @@ def release_license(request: HttpRequest, slug: str) -> HttpResponse:
         elif form.is_valid():
             try:
                 services.license_accept(
-                    user=request.user, release=release, license_version_id=form.cleaned_data["license_version_id"],
+                    user=request.user,
+                    release=release,
+                    license_version_id=form.cleaned_data["license_version_id"],
                     meta=services.RequestMeta.from_request(request),
                 )
             except AccessError as exc:
                 status = exc.http_status
                 service_error = exc.message
                 # Show the version now in force, with a fresh box to tick.
-                form = LicenseAcceptForm(initial={"license_version_id": current.pk if current else None},
-                                         license_label=label)
+                form = LicenseAcceptForm(
+                    initial={"license_version_id": current.pk if current else None}, license_label=label
+                )
             else:
                 messages.success(request, f"You accepted {label} for {release.name}.")
                 return redirect("release-detail", slug=release.slug)
-    return render(request, "access/catalog/license.html", {
-        "release": release,
-        "license_version": current,
-        "form": form,
-        "can_accept": can_accept,
-        "accepted_current": accepted_current,
-        "decision": decision,
-        "service_error": service_error,
-    }, status=status)
+    return render(
+        request,
+        "access/catalog/license.html",
+        {
+            "release": release,
+            "license_version": current,
+            "form": form,
+            "can_accept": can_accept,
+            "accepted_current": accepted_current,
+            "decision": decision,
+            "service_error": service_error,
+        },
+        status=status,
+    )
 
 
 def _apply_blocker(user: Any, release: Release) -> dict[str, Any] | None:
@@ -173,12 +193,18 @@ def _apply_blocker(user: Any, release: Release) -> dict[str, Any] | None:
         return {"message": f"You already have an open application for {release.name}.", "application": latest}
     decision = selectors.release_access_check(user=user, release=release)
     if decision.grant is not None and decision.grant.is_current():
-        return {"message": f"You already have access to {release.name} until {decision.grant.expires_at:%Y-%m-%d}. "
-                           "Ask for a renewal from “My access” when it nears expiry.", "application": None}
+        return {
+            "message": f"You already have access to {release.name} until {decision.grant.expires_at:%Y-%m-%d}. "
+            "Ask for a renewal from “My access” when it nears expiry.",
+            "application": None,
+        }
     reapply_from = _reapply_from(latest)
     if reapply_from is not None:
-        return {"message": f"Your last application for {release.name} was declined; you can apply again from "
-                           f"{reapply_from:%Y-%m-%d}.", "application": latest}
+        return {
+            "message": f"Your last application for {release.name} was declined; you can apply again from "
+            f"{reapply_from:%Y-%m-%d}.",
+            "application": latest,
+        }
     return None
 
 
@@ -187,7 +213,9 @@ def _apply_blocker(user: Any, release: Release) -> dict[str, Any] | None:
 def release_apply(request: HttpRequest, slug: str) -> HttpResponse:
     release = selectors.release_by_slug(slug)
     if not release.is_gated:
-        messages.info(request, f"{release.name} is an open release: accept its license to download, no application needed.")
+        messages.info(
+            request, f"{release.name} is an open release: accept its license to download, no application needed."
+        )
         return redirect("release-license", slug=release.slug)
     user = request.user
     current = release.license.current_version
@@ -201,7 +229,9 @@ def release_apply(request: HttpRequest, slug: str) -> HttpResponse:
         if form.is_valid():
             try:
                 application = services.application_submit(
-                    applicant=user, release=release, data=form.to_input(),
+                    applicant=user,
+                    release=release,
+                    data=form.to_input(),
                     meta=services.RequestMeta.from_request(request),
                 )
             except AccessError as exc:
@@ -227,15 +257,23 @@ def release_apply(request: HttpRequest, slug: str) -> HttpResponse:
                 return redirect("application-detail", application_id=application.pk)
     else:
         form = ApplicationForm(
-            initial={"full_name": user.full_name, "affiliation": user.affiliation,
-                     "license_version_id": current.pk if current else None},
+            initial={
+                "full_name": user.full_name,
+                "affiliation": user.affiliation,
+                "license_version_id": current.pk if current else None,
+            },
             license_label=label,
         )
-    return render(request, "access/catalog/apply.html", {
-        "release": release,
-        "form": form,
-        "license_version": current,
-        "blocker": blocker if request.method == "GET" else None,
-        "conflict_application": conflict_application,
-        "research_purpose_min": settings.RESEARCH_PURPOSE_MIN_LENGTH,
-    }, status=status)
+    return render(
+        request,
+        "access/catalog/apply.html",
+        {
+            "release": release,
+            "form": form,
+            "license_version": current,
+            "blocker": blocker if request.method == "GET" else None,
+            "conflict_application": conflict_application,
+            "research_purpose_min": settings.RESEARCH_PURPOSE_MIN_LENGTH,
+        },
+        status=status,
+    )

@@ -77,7 +77,9 @@ def reviewer_required(view: View) -> View:
 
 def _safe_next(request: HttpRequest, fallback: str) -> str:
     target = request.POST.get("next", "")
-    if target and url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()}, require_https=request.is_secure()):
+    if target and url_has_allowed_host_and_scheme(
+        target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
         return target
     return fallback
 
@@ -147,13 +149,22 @@ def weekly_chart(weekly: list[tuple[date, int]], *, width: int = 640, height: in
         x = index * slot + (slot - bar_width) / 2
         bars.append(
             ChartBar(
-                week=week, count=count, x=round(x, 1), y=round(top + plot_height - bar_height, 1),
-                width=round(bar_width, 1), height=round(bar_height, 1), label_x=round(x + bar_width / 2, 1),
+                week=week,
+                count=count,
+                x=round(x, 1),
+                y=round(top + plot_height - bar_height, 1),
+                width=round(bar_width, 1),
+                height=round(bar_height, 1),
+                label_x=round(x + bar_width / 2, 1),
                 count_y=round(top + plot_height - bar_height - 4, 1),
             )
         )
     return WeeklyChart(
-        bars=bars, width=width, height=height, baseline=top + plot_height, maximum=maximum,
+        bars=bars,
+        width=width,
+        height=height,
+        baseline=top + plot_height,
+        maximum=maximum,
         total=sum(count for _, count in weekly),
     )
 
@@ -175,8 +186,12 @@ class PlainSelect(forms.Select):
         final_attrs = {**self.build_attrs(self.attrs, attrs), "name": name}
         chosen = {str(v) for v in (value if isinstance(value, (list, tuple)) else [value]) if v is not None}
         options = format_html_join(
-            "\n", '<option value="{}"{}>{}</option>',
-            ((option, mark_safe(" selected") if str(option) in chosen else "", label) for option, label in self.choices),
+            "\n",
+            '<option value="{}"{}>{}</option>',
+            (
+                (option, mark_safe(" selected") if str(option) in chosen else "", label)
+                for option, label in self.choices
+            ),
         )
         return format_html("<select{}>\n{}\n</select>", flatatt(final_attrs), options)
 
@@ -201,7 +216,10 @@ class QueueFilterForm(forms.Form):
     submitted_to = forms.DateField(required=False, label="Submitted to", widget=DateInput())
     q = forms.CharField(required=False, max_length=200, label="Search", help_text="Name, email or affiliation.")
     per_page = forms.IntegerField(
-        required=False, min_value=1, max_value=MAX_PAGE_SIZE, label="Per page",
+        required=False,
+        min_value=1,
+        max_value=MAX_PAGE_SIZE,
+        label="Per page",
         widget=forms.NumberInput(attrs={"style": "width:5em"}),
     )
 
@@ -255,7 +273,9 @@ class BulkDecisionForm(forms.Form):
         queryset=RejectionTemplate.objects.none(), required=False, label="Rejection template", empty_label="None"
     )
     reason = forms.CharField(
-        required=False, label="Rejection reason", widget=forms.Textarea(attrs={"rows": 3}),
+        required=False,
+        label="Rejection reason",
+        widget=forms.Textarea(attrs={"rows": 3}),
         help_text="Sent to every rejected applicant, after the template's text if you picked one.",
     )
 
@@ -296,7 +316,8 @@ class StartReviewForm(VersionedForm):
 
 class ApproveForm(VersionedForm):
     expires_on = forms.DateField(
-        label="Access expires on", widget=DateInput(),
+        label="Access expires on",
+        widget=DateInput(),
         help_text="The grant ends at the end of this day (UTC).",
     )
 
@@ -310,7 +331,9 @@ class RejectForm(VersionedForm):
         queryset=RejectionTemplate.objects.none(), required=False, label="Start from a template", empty_label="None"
     )
     reason = forms.CharField(
-        required=False, label="Reason sent to the applicant", widget=forms.Textarea(attrs={"rows": 5}),
+        required=False,
+        label="Reason sent to the applicant",
+        widget=forms.Textarea(attrs={"rows": 5}),
         help_text="Added after the template's text; without a template, this is the whole reason.",
     )
 
@@ -338,14 +361,16 @@ class RejectForm(VersionedForm):
 
 class RequestInfoForm(VersionedForm):
     message = forms.CharField(
-        label="Question for the applicant", widget=forms.Textarea(attrs={"rows": 4}),
+        label="Question for the applicant",
+        widget=forms.Textarea(attrs={"rows": 4}),
         help_text="The applicant sees this and answers on their status page.",
     )
 
 
 class NoteForm(forms.Form):
-    body = forms.CharField(label="Internal note", widget=forms.Textarea(attrs={"rows": 3}),
-                           help_text="Only reviewers see notes.")
+    body = forms.CharField(
+        label="Internal note", widget=forms.Textarea(attrs={"rows": 3}), help_text="Only reviewers see notes."
+    )
 
 
 class GrantFilterForm(forms.Form):
@@ -395,7 +420,6 @@ class QueuePaginator(Paginator):
             top = self.count
         keys = list(self.object_list.values_list("pk", flat=True)[bottom:top])
         return self._get_page(list(self.object_list.filter(pk__in=keys)), number, self)
-
 
 
 def _queue_data(query: QueryDict) -> QueryDict:
@@ -468,7 +492,8 @@ def bulk_decide(request: HttpRequest) -> HttpResponse:
     verb = "approved" if form.cleaned_data["decision"] == "approve" else "rejected"
     if result.decided:
         messages.success(
-            request, f"{len(result.decided)} application(s) {verb}: " + ", ".join(f"#{pk}" for pk in result.decided) + "."
+            request,
+            f"{len(result.decided)} application(s) {verb}: " + ", ".join(f"#{pk}" for pk in result.decided) + ".",
         )
     else:
         messages.warning(request, f"No application was {verb}.")
@@ -592,7 +617,9 @@ def start_review(request: HttpRequest, application_id: int) -> HttpResponse:
         services.application_start_review(application=application, reviewer=request.user, meta=_meta(request))  # type: ignore[arg-type]
         return f"You are reviewing application #{application.pk}."
 
-    return _act(request, application_id, form_class=StartReviewForm, form_name="start_form", auto_id="start_%s", call=call)
+    return _act(
+        request, application_id, form_class=StartReviewForm, form_name="start_form", auto_id="start_%s", call=call
+    )
 
 
 @reviewer_required
@@ -600,13 +627,21 @@ def start_review(request: HttpRequest, application_id: int) -> HttpResponse:
 def approve(request: HttpRequest, application_id: int) -> HttpResponse:
     def call(application: Application, form: ApproveForm) -> str:
         grant = services.application_approve(
-            application=application, reviewer=request.user, meta=_meta(request),  # type: ignore[arg-type]
-            expires_at=form.expires_at(), expected_version=form.cleaned_data["expected_version"],
+            application=application,
+            reviewer=request.user,
+            meta=_meta(request),  # type: ignore[arg-type]
+            expires_at=form.expires_at(),
+            expected_version=form.cleaned_data["expected_version"],
         )
         return f"Application #{application.pk} approved; access until {grant.expires_at:%Y-%m-%d}."
 
     return _act(
-        request, application_id, form_class=ApproveForm, form_name="approve_form", auto_id="approve_%s", call=call,
+        request,
+        application_id,
+        form_class=ApproveForm,
+        form_name="approve_form",
+        auto_id="approve_%s",
+        call=call,
         renames={"expires_at": "expires_on"},
     )
 
@@ -616,8 +651,11 @@ def approve(request: HttpRequest, application_id: int) -> HttpResponse:
 def reject(request: HttpRequest, application_id: int) -> HttpResponse:
     def call(application: Application, form: RejectForm) -> str:
         services.application_reject(
-            application=application, reviewer=request.user, reason=form.reason_for(application),  # type: ignore[arg-type]
-            meta=_meta(request), expected_version=form.cleaned_data["expected_version"],
+            application=application,
+            reviewer=request.user,
+            reason=form.reason_for(application),  # type: ignore[arg-type]
+            meta=_meta(request),
+            expected_version=form.cleaned_data["expected_version"],
         )
         return f"Application #{application.pk} rejected; the applicant was told the reason."
 
@@ -629,12 +667,17 @@ def reject(request: HttpRequest, application_id: int) -> HttpResponse:
 def request_info(request: HttpRequest, application_id: int) -> HttpResponse:
     def call(application: Application, form: RequestInfoForm) -> str:
         services.application_request_info(
-            application=application, reviewer=request.user, message=form.cleaned_data["message"],  # type: ignore[arg-type]
-            meta=_meta(request), expected_version=form.cleaned_data["expected_version"],
+            application=application,
+            reviewer=request.user,
+            message=form.cleaned_data["message"],  # type: ignore[arg-type]
+            meta=_meta(request),
+            expected_version=form.cleaned_data["expected_version"],
         )
         return f"Question sent; application #{application.pk} waits for the applicant's answer."
 
-    return _act(request, application_id, form_class=RequestInfoForm, form_name="info_form", auto_id="info_%s", call=call)
+    return _act(
+        request, application_id, form_class=RequestInfoForm, form_name="info_form", auto_id="info_%s", call=call
+    )
 
 
 @reviewer_required
@@ -642,7 +685,10 @@ def request_info(request: HttpRequest, application_id: int) -> HttpResponse:
 def add_note(request: HttpRequest, application_id: int) -> HttpResponse:
     def call(application: Application, form: NoteForm) -> str:
         services.application_add_note(
-            application=application, reviewer=request.user, body=form.cleaned_data["body"], meta=_meta(request)  # type: ignore[arg-type]
+            application=application,
+            reviewer=request.user,
+            body=form.cleaned_data["body"],
+            meta=_meta(request),  # type: ignore[arg-type]
         )
         return "Note added."
 
@@ -672,7 +718,8 @@ def grants(request: HttpRequest) -> HttpResponse:
         queryset = queryset.filter(user__email__icontains=data["q"].strip())
     page = Paginator(queryset, DEFAULT_PAGE_SIZE).get_page(request.GET.get("page"))
     return render(
-        request, "access/review/grants.html",
+        request,
+        "access/review/grants.html",
         {"form": form, "page": page, "now": now, "here": request.get_full_path()},
     )
 
@@ -715,8 +762,10 @@ def audit_csv(request: HttpRequest) -> HttpResponse:
         return HttpResponseBadRequest(f"Fix the filters: {problems}", content_type="text/plain; charset=utf-8")
     data = form.cleaned_data
     filters = AuditFilters(
-        application_id=data.get("application"), action=(data.get("action") or "").strip(),
-        created_from=data.get("created_from"), created_to=data.get("created_to"),
+        application_id=data.get("application"),
+        action=(data.get("action") or "").strip(),
+        created_from=data.get("created_from"),
+        created_to=data.get("created_to"),
     )
     return _csv_response(filters, f"audit-{timezone.localdate():%Y%m%d}.csv")
 

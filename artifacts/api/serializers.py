@@ -17,8 +17,19 @@ class CheckpointSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Checkpoint
-        fields = ["id", "release", "variant", "format", "tp_size", "dtype", "state", "label", "description",
-                  "derived_from", "verified_at"]
+        fields = [
+            "id",
+            "release",
+            "variant",
+            "format",
+            "tp_size",
+            "dtype",
+            "state",
+            "label",
+            "description",
+            "derived_from",
+            "verified_at",
+        ]
 
 
 class CheckpointDetailSerializer(CheckpointSerializer):
@@ -61,8 +72,10 @@ class ReshardJobSerializer(serializers.ModelSerializer):
     tp = serializers.IntegerField(source="tp_size")
     error = serializers.CharField(source="error_message", help_text="Why the job failed (or is being retried).")
     exit_code = serializers.IntegerField(
-        allow_null=True, help_text="reshard's exit code of the failure: 2 usage, 3 bad input, 4 verification failed, "
-                                   "5 unsafe pickle, 1 internal.")
+        allow_null=True,
+        help_text="reshard's exit code of the failure: 2 usage, 3 bad input, 4 verification failed, "
+        "5 unsafe pickle, 1 internal.",
+    )
     # A plain string in the schema: another component already owns the enum name "status".
     status = serializers.CharField(help_text="queued, running, succeeded or failed.")
     phase = serializers.CharField(help_text="While running: materialising, converting, verifying or storing.")
@@ -71,15 +84,43 @@ class ReshardJobSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = ReshardJob
-        fields = ["id", "source", "to", "tp", "dtype", "status", "phase", "bytes_done", "bytes_total", "tensors_done",
-                  "tensors_total", "percent", "attempts", "created_at", "started_at", "heartbeat_at", "finished_at",
-                  "error", "exit_code", "output"]
+        fields = [
+            "id",
+            "source",
+            "to",
+            "tp",
+            "dtype",
+            "status",
+            "phase",
+            "bytes_done",
+            "bytes_total",
+            "tensors_done",
+            "tensors_total",
+            "percent",
+            "attempts",
+            "created_at",
+            "started_at",
+            "heartbeat_at",
+            "finished_at",
+            "error",
+            "exit_code",
+            "output",
+        ]
         read_only_fields = fields
 
 
 class ReshardJobCreateSerializer(serializers.Serializer):
     to = serializers.ChoiceField(choices=ReshardFormat.choices, help_text="Target format.")
-    tp = serializers.IntegerField(min_value=1, max_value=4096, required=False, allow_null=True,
-                                  help_text="Tensor-parallel parts; default the source's (1 for hf).")
-    dtype = serializers.ChoiceField(choices=["fp16", "bf16", "fp32", "float16", "bfloat16", "float32"],
-                                    required=False, allow_null=True, help_text="Default: the source's dtype.")
+    tp = serializers.IntegerField(
+        min_value=1,
+        max_value=4096,
+        required=False,
+        allow_null=True,
+        help_text="Tensor-parallel parts; default the source's (1 for hf).",
+    )
+    dtype = serializers.ChoiceField(
+        choices=["fp16", "bf16", "fp32", "float16", "bfloat16", "float32"],
+        required=False,
+        allow_null=True,
+        help_text="Default: the source's dtype.",
+    )

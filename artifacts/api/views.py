@@ -39,16 +39,20 @@ class TextRenderer(renderers.BaseRenderer):
 def _bundle(request: Request, checkpoint_id: int, *, record: bool) -> Bundle:
     checkpoint, _ = selectors.access_downloadable_checkpoint(actor=request.user, checkpoint_id=checkpoint_id)
     return services.links_issue(
-        user=request.user, checkpoint=checkpoint, base_url=request.build_absolute_uri("/").rstrip("/"),
+        user=request.user,
+        checkpoint=checkpoint,
+        base_url=request.build_absolute_uri("/").rstrip("/"),
         link_url=lambda token: reverse("download-file", args=[token]),
         renewal_url=reverse("downloads-renew", args=[checkpoint.pk]),
-        meta=RequestMeta.from_request(request), record=record,
+        meta=RequestMeta.from_request(request),
+        record=record,
     )
 
 
 @extend_schema_view(
     get=extend_schema(
-        tags=["downloads"], operation_id="checkpoints_list",
+        tags=["downloads"],
+        operation_id="checkpoints_list",
         summary="Checkpoints I may download now (ready, and my access to the release is active)",
         responses={200: CheckpointSerializer(many=True), **errors(401)},
     )
@@ -63,7 +67,9 @@ class CheckpointList(generics.ListAPIView):
 
 @extend_schema_view(
     get=extend_schema(
-        tags=["downloads"], operation_id="checkpoints_retrieve", summary="One checkpoint I may download, with its files",
+        tags=["downloads"],
+        operation_id="checkpoints_retrieve",
+        summary="One checkpoint I may download, with its files",
         responses={200: CheckpointDetailSerializer, **errors(401, 403, 404)},
     )
 )
@@ -76,9 +82,11 @@ class CheckpointDetail(APIView):
 
 @extend_schema_view(
     post=extend_schema(
-        tags=["downloads"], operation_id="checkpoints_links_issue",
+        tags=["downloads"],
+        operation_id="checkpoints_links_issue",
         summary="Issue fresh signed links to every file (the bundle manifest); also the one-click renewal",
-        request=None, responses={200: ManifestSerializer, **errors(401, 403, 404)},
+        request=None,
+        responses={200: ManifestSerializer, **errors(401, 403, 404)},
     )
 )
 class CheckpointLinks(APIView):
@@ -88,7 +96,8 @@ class CheckpointLinks(APIView):
 
 @extend_schema_view(
     get=extend_schema(
-        tags=["downloads"], operation_id="checkpoints_bundle_manifest",
+        tags=["downloads"],
+        operation_id="checkpoints_bundle_manifest",
         summary="The bundle manifest: files, sizes, sums, signed links, expiry and renewal URL",
         responses={200: ManifestSerializer, **errors(401, 403, 404)},
     )
@@ -116,10 +125,14 @@ class _TextBundle(APIView):
         return response
 
 
-@extend_schema_view(get=extend_schema(
-    tags=["downloads"], operation_id="checkpoints_bundle_sha256sums",
-    summary="SHA256SUMS, checkable with `sha256sum -c`", responses=_TEXT_RESPONSES,
-))
+@extend_schema_view(
+    get=extend_schema(
+        tags=["downloads"],
+        operation_id="checkpoints_bundle_sha256sums",
+        summary="SHA256SUMS, checkable with `sha256sum -c`",
+        responses=_TEXT_RESPONSES,
+    )
+)
 class BundleSha256Sums(_TextBundle):
     filename = "SHA256SUMS"
 
@@ -127,10 +140,14 @@ class BundleSha256Sums(_TextBundle):
         return bundle.sha256sums()
 
 
-@extend_schema_view(get=extend_schema(
-    tags=["downloads"], operation_id="checkpoints_bundle_md5sums", summary="MD5SUMS (`md5sum -c`)",
-    responses=_TEXT_RESPONSES,
-))
+@extend_schema_view(
+    get=extend_schema(
+        tags=["downloads"],
+        operation_id="checkpoints_bundle_md5sums",
+        summary="MD5SUMS (`md5sum -c`)",
+        responses=_TEXT_RESPONSES,
+    )
+)
 class BundleMd5Sums(_TextBundle):
     filename = "MD5SUMS"
 
@@ -138,11 +155,14 @@ class BundleMd5Sums(_TextBundle):
         return bundle.md5sums()
 
 
-@extend_schema_view(get=extend_schema(
-    tags=["downloads"], operation_id="checkpoints_bundle_download_script",
-    summary="download.sh: parallel, resuming, checksum-verifying bash + curl script with fresh links",
-    responses=_TEXT_RESPONSES,
-))
+@extend_schema_view(
+    get=extend_schema(
+        tags=["downloads"],
+        operation_id="checkpoints_bundle_download_script",
+        summary="download.sh: parallel, resuming, checksum-verifying bash + curl script with fresh links",
+        responses=_TEXT_RESPONSES,
+    )
+)
 class BundleScript(_TextBundle):
     filename = "download.sh"
     record = True
@@ -156,17 +176,26 @@ class BundleScript(_TextBundle):
 
 @extend_schema_view(
     get=extend_schema(
-        tags=["reshard"], operation_id="checkpoints_reshard_jobs_list",
+        tags=["reshard"],
+        operation_id="checkpoints_reshard_jobs_list",
         summary="Reshard jobs of a checkpoint, newest first (operators and reviewers)",
         responses={200: ReshardJobSerializer(many=True), **errors(401, 403, 404)},
     ),
     post=extend_schema(
-        tags=["reshard"], operation_id="checkpoints_reshard_jobs_create",
+        tags=["reshard"],
+        operation_id="checkpoints_reshard_jobs_create",
         summary="Convert a ready checkpoint: queue a reshard job; the same conversion asked again returns its job",
         request=ReshardJobCreateSerializer,
-        responses={201: ReshardJobSerializer, 200: OpenApiResponse(ReshardJobSerializer, description=(
-            "The same conversion (source, format, tp, dtype) is already queued, running or done; that job.")),
-            **errors(400, 401, 403, 404, 409)},
+        responses={
+            201: ReshardJobSerializer,
+            200: OpenApiResponse(
+                ReshardJobSerializer,
+                description=(
+                    "The same conversion (source, format, tp, dtype) is already queued, running or done; that job."
+                ),
+            ),
+            **errors(400, 401, 403, 404, 409),
+        },
     ),
 )
 class CheckpointReshardJobs(generics.GenericAPIView):
@@ -182,15 +211,20 @@ class CheckpointReshardJobs(generics.GenericAPIView):
         checkpoint = selectors.access_operator_checkpoint(actor=request.user, checkpoint_id=checkpoint_id)
         data = validated(ReshardJobCreateSerializer, request.data)
         outcome = reshard_jobs.reshard_job_create(
-            checkpoint=checkpoint, to=data["to"], tp=data.get("tp"), dtype=data.get("dtype") or None,
-            actor=request.user, meta=RequestMeta.from_request(request),
+            checkpoint=checkpoint,
+            to=data["to"],
+            tp=data.get("tp"),
+            dtype=data.get("dtype") or None,
+            actor=request.user,
+            meta=RequestMeta.from_request(request),
         )
         return Response(ReshardJobSerializer(outcome.job).data, status=201 if outcome.created else 200)
 
 
 @extend_schema_view(
     get=extend_schema(
-        tags=["reshard"], operation_id="reshard_jobs_retrieve",
+        tags=["reshard"],
+        operation_id="reshard_jobs_retrieve",
         summary="One reshard job: status, progress, error and output checkpoint (operators and reviewers)",
         responses={200: ReshardJobSerializer, **errors(401, 403, 404)},
     )

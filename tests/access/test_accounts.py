@@ -31,8 +31,13 @@ def _link_path(body: str) -> str:
 
 
 def _signup(client: Any, **overrides: str) -> Any:
-    data = {"email": "carol@mpi-inf.mpg.de", "full_name": "Carol Chen", "affiliation": "MPI for Informatics",
-            "password": PASSWORD, "password_again": PASSWORD}
+    data = {
+        "email": "carol@mpi-inf.mpg.de",
+        "full_name": "Carol Chen",
+        "affiliation": "MPI for Informatics",
+        "password": PASSWORD,
+        "password_again": PASSWORD,
+    }
     data.update(overrides)
     return client.post(reverse("signup"), data)
 
@@ -89,7 +94,9 @@ def test_expired_verification_token_says_so(client: Any, settings: Any) -> None:
     assert not user.email_verified
 
 
-def test_resend_verification_for_signed_in_unverified_user(client: Any, django_capture_on_commit_callbacks: Any) -> None:
+def test_resend_verification_for_signed_in_unverified_user(
+    client: Any, django_capture_on_commit_callbacks: Any
+) -> None:
     user = factories.make_user("dora@uni.edu", verified=False)
     login(client, user)
     with django_capture_on_commit_callbacks(execute=True):
@@ -136,13 +143,17 @@ def _login(client: Any, email: str, password: str, **extra: Any) -> Any:
 
 
 def test_login_with_email_and_password_and_next(client: Any, applicant: Any) -> None:
-    response = client.post(reverse("login") + "?next=/access/", {"email": "Alice@Uni-Heidelberg.de", "password": PASSWORD})
+    response = client.post(
+        reverse("login") + "?next=/access/", {"email": "Alice@Uni-Heidelberg.de", "password": PASSWORD}
+    )
     assert response.status_code == 302 and response.url == "/access/"
     assert client.get(reverse("profile")).status_code == 200
 
 
 def test_login_refuses_offsite_next(client: Any, applicant: Any) -> None:
-    response = client.post(reverse("login") + "?next=https://evil.example/", {"email": applicant.email, "password": PASSWORD})
+    response = client.post(
+        reverse("login") + "?next=https://evil.example/", {"email": applicant.email, "password": PASSWORD}
+    )
     assert response.status_code == 302 and "evil.example" not in response.url
 
 

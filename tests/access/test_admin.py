@@ -64,7 +64,9 @@ def test_every_access_model_is_registered() -> None:
 
 
 @pytest.mark.parametrize("model", ACCESS_MODELS, ids=lambda m: m._meta.model_name)
-def test_superuser_sees_each_changelist_and_change_page(client: Any, admin: Any, populated: dict[str, Any], model: Any) -> None:
+def test_superuser_sees_each_changelist_and_change_page(
+    client: Any, admin: Any, populated: dict[str, Any], model: Any
+) -> None:
     login(client, admin)
     response = client.get(_admin_url(model, "changelist"))
     assert response.status_code == 200
@@ -103,9 +105,13 @@ def test_audit_events_are_read_only(client: Any, admin: Any, populated: dict[str
     client.post(_admin_url(AuditEvent, "change", event.pk), {"action": "tampered", "target_id": "0"})
     event.refresh_from_db()
     assert (event.action, event.target_id) == before
-    response = client.post(_admin_url(AuditEvent, "changelist"), {
-        "action": "delete_selected", "_selected_action": [event.pk],
-    })
+    response = client.post(
+        _admin_url(AuditEvent, "changelist"),
+        {
+            "action": "delete_selected",
+            "_selected_action": [event.pk],
+        },
+    )
     assert AuditEvent.objects.filter(pk=event.pk).exists()
     assert "delete_selected" not in str(response.content)
 
@@ -125,10 +131,14 @@ def test_grant_revoke_action_goes_through_the_service(client: Any, admin: Any, p
     url = _admin_url(Grant, "changelist")
     client.post(url, {"action": "revoke_grants", "_selected_action": [grant.pk], "reason": ""}, follow=True)
     assert Grant.objects.get(pk=grant.pk).status == GrantStatus.ACTIVE  # no reason, nothing revoked
-    response = client.post(url, {"action": "revoke_grants", "_selected_action": [grant.pk], "reason": "Licence breach."}, follow=True)
+    response = client.post(
+        url, {"action": "revoke_grants", "_selected_action": [grant.pk], "reason": "Licence breach."}, follow=True
+    )
     assert "1 grant(s) revoked." in response.content.decode()
     grant.refresh_from_db()
-    assert grant.status == GrantStatus.REVOKED and grant.revoked_by == admin and grant.revoke_reason == "Licence breach."
+    assert (
+        grant.status == GrantStatus.REVOKED and grant.revoked_by == admin and grant.revoke_reason == "Licence breach."
+    )
     assert AuditEvent.objects.filter(action="grant.revoke", actor=admin, target_id=str(grant.pk)).exists()
     assert Notification.objects.filter(user=grant.user, subject__contains="revoked").exists()
     assert release_access_check(user=grant.user, release=grant.release).reason == "grant_revoked"
@@ -138,14 +148,21 @@ def test_new_license_version_is_published_through_the_service(client: Any, admin
     license_ = gated_release.license
     login(client, admin)
     existing = license_.versions.count()
-    response = client.post(_admin_url(License, "change", license_.pk), {
-        "slug": license_.slug, "name": license_.name,
-        "versions-TOTAL_FORMS": existing + 1, "versions-INITIAL_FORMS": existing,
-        "versions-MIN_NUM_FORMS": 0, "versions-MAX_NUM_FORMS": 1000,
-        **{f"versions-{i}-id": v.pk for i, v in enumerate(license_.versions.order_by("-published_at", "-pk"))},
-        **{f"versions-{i}-license": license_.pk for i in range(existing + 1)},
-        f"versions-{existing}-version": "2.0", f"versions-{existing}-text": "Second text.",
-    })
+    response = client.post(
+        _admin_url(License, "change", license_.pk),
+        {
+            "slug": license_.slug,
+            "name": license_.name,
+            "versions-TOTAL_FORMS": existing + 1,
+            "versions-INITIAL_FORMS": existing,
+            "versions-MIN_NUM_FORMS": 0,
+            "versions-MAX_NUM_FORMS": 1000,
+            **{f"versions-{i}-id": v.pk for i, v in enumerate(license_.versions.order_by("-published_at", "-pk"))},
+            **{f"versions-{i}-license": license_.pk for i in range(existing + 1)},
+            f"versions-{existing}-version": "2.0",
+            f"versions-{existing}-text": "Second text.",
+        },
+    )
     assert response.status_code == 302, response.content.decode()[:2000]
     license_.refresh_from_db()
     assert License.objects.get(pk=license_.pk).current_version.version == "2.0"
@@ -158,17 +175,27 @@ def test_add_user_with_email_and_password(client: Any, admin: Any) -> None:
     add = _admin_url(User, "add")
     page = client.get(add).content.decode()
     assert 'name="email"' in page and 'name="username"' not in page
-    response = client.post(add, {
-        "email": "New.Operator@Release.example", "usable_password": "true",
-        "password1": factories.PASSWORD, "password2": factories.PASSWORD,
-    })
+    response = client.post(
+        add,
+        {
+            "email": "New.Operator@Release.example",
+            "usable_password": "true",
+            "password1": factories.PASSWORD,
+            "password2": factories.PASSWORD,
+        },
+    )
     assert response.status_code == 302, response.content.decode()[:3000]
     user = User.objects.get(email="new.operator@release.example")
     assert user.check_password(factories.PASSWORD)
-    duplicate = client.post(add, {
-        "email": "new.operator@release.example", "usable_password": "true",
-        "password1": factories.PASSWORD, "password2": factories.PASSWORD,
-    })
+    duplicate = client.post(
+        add,
+        {
+            "email": "new.operator@release.example",
+            "usable_password": "true",
+            "password1": factories.PASSWORD,
+            "password2": factories.PASSWORD,
+        },
+    )
     assert duplicate.status_code == 200 and "already exists" in duplicate.content.decode()
 
 

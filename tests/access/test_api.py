@@ -116,7 +116,9 @@ def test_license_text_and_accept(applicant: Any, open_release: Any) -> None:
 
     client = bearer(applicant)
     assert client.get(url("release-access", open_release.slug)).json()["reason"] == "license_not_accepted"
-    accepted = client.post(url("release-license-accept", open_release.slug), {"license_version_id": current.pk}, format="json")
+    accepted = client.post(
+        url("release-license-accept", open_release.slug), {"license_version_id": current.pk}, format="json"
+    )
     assert accepted.status_code == 201 and accepted.json()["license_version"] == "1.0"
     assert client.get(url("release-access", open_release.slug)).json()["allowed"] is True
 
@@ -125,7 +127,9 @@ def test_license_text_and_accept(applicant: Any, open_release: Any) -> None:
         license=open_release.license, version="2.0", text="v2", published_at=timezone.now() + timedelta(seconds=1)
     )
     assert client.get(url("release-access", open_release.slug)).json()["reason"] == "license_changed"
-    stale = client.post(url("release-license-accept", open_release.slug), {"license_version_id": current.pk}, format="json")
+    stale = client.post(
+        url("release-license-accept", open_release.slug), {"license_version_id": current.pk}, format="json"
+    )
     assert stale.status_code == 409
     assert stale.json()["code"] == "conflict" and "version 2.0" in stale.json()["detail"]
     assert stale.json()["errors"] == {"license_version": [stale.json()["detail"]]}
@@ -172,7 +176,8 @@ def test_applicant_flow(auth: str, applicant: Any, reviewer: Any, gated_release:
     answered = client.post(url("application-answer", application.pk), {"message": "MMLU."}, format="json")
     assert answered.status_code == 200 and answered.json()["status"] == "in_review"
     assert [m["kind"] for m in client.get(url("application-messages", application.pk)).json()] == [
-        "info_request", "applicant_reply",
+        "info_request",
+        "applicant_reply",
     ]
     again = client.post(url("application-answer", application.pk), {"message": "More."}, format="json")
     assert again.status_code == 409 and again.json()["code"] == "conflict"
@@ -193,7 +198,10 @@ def test_session_post_needs_csrf(applicant: Any, gated_release: Any) -> None:
 def test_serializer_errors_name_each_field(applicant: Any, gated_release: Any) -> None:
     client = bearer(applicant)
     body = application_body(
-        gated_release, license_version_id="abc", publications="10.1/x", organization_type="company",
+        gated_release,
+        license_version_id="abc",
+        publications="10.1/x",
+        organization_type="company",
         full_name="x" * 201,
     )
     del body["role"]
@@ -204,7 +212,8 @@ def test_serializer_errors_name_each_field(applicant: Any, gated_release: Any) -
     assert response.json()["code"] == "invalid" and "role" in response.json()["detail"]
 
     too_many = client.post(
-        url("applications"), application_body(gated_release, publications=[f"10.1234/{i}" for i in range(21)]),
+        url("applications"),
+        application_body(gated_release, publications=[f"10.1234/{i}" for i in range(21)]),
         format="json",
     )
     assert too_many.status_code == 400 and "publications" in too_many.json()["errors"]
@@ -227,7 +236,9 @@ def test_service_errors_are_400_with_field_errors(applicant: Any, gated_release:
 
 
 def test_unknown_release_slug_is_a_field_error(applicant: Any, gated_release: Any) -> None:
-    response = bearer(applicant).post(url("applications"), application_body(gated_release, release="nope"), format="json")
+    response = bearer(applicant).post(
+        url("applications"), application_body(gated_release, release="nope"), format="json"
+    )
     assert response.status_code == 400 and list(response.json()["errors"]) == ["release"]
 
 
@@ -266,7 +277,11 @@ def test_other_applicants_application_is_404(application: Any, other_applicant: 
 def test_review_queue_filters(reviewer: Any, applicant: Any, other_applicant: Any, gated_release: Any) -> None:
     alice = factories.make_application(applicant, gated_release)
     bob = factories.make_application(
-        other_applicant, gated_release, full_name="Bob Brown", affiliation="ETH Zurich", organization_type="industry_lab",
+        other_applicant,
+        gated_release,
+        full_name="Bob Brown",
+        affiliation="ETH Zurich",
+        organization_type="industry_lab",
         country="CH",
     )
     third = factories.make_user("carol@mit.edu", full_name="Carol", affiliation="MIT")
@@ -367,7 +382,8 @@ def test_bulk_decide(reviewer: Any, applicant: Any, other_applicant: Any, gated_
     application_approve(application=second, reviewer=reviewer, meta=META)
     client = bearer(reviewer)
     response = client.post(
-        url("review-bulk"), {"ids": [first.pk, second.pk, 999_999], "decision": "reject", "reason": "Incomplete."},
+        url("review-bulk"),
+        {"ids": [first.pk, second.pk, 999_999], "decision": "reject", "reason": "Incomplete."},
         format="json",
     )
     assert response.status_code == 200
@@ -401,7 +417,9 @@ def test_access_check_before_and_after_approval_and_revocation(
     client = bearer(applicant)
     before = client.get(url("release-access", gated_release.slug)).json()
     assert before == {
-        "allowed": False, "reason": "no_grant", "message": "OPT-175B is gated: apply for access first.",
+        "allowed": False,
+        "reason": "no_grant",
+        "message": "OPT-175B is gated: apply for access first.",
         "grant_expires_at": None,
     }
     created = client.post(url("applications"), application_body(gated_release), format="json").json()
@@ -423,8 +441,9 @@ def test_access_check_before_and_after_approval_and_revocation(
 
 def test_expired_grant_is_not_active(applicant: Any, reviewer: Any, application: Any) -> None:
     grant = application_approve(application=application, reviewer=reviewer, meta=META)
-    Grant.objects.filter(pk=grant.pk).update(starts_at=timezone.now() - timedelta(days=10),
-                                             expires_at=timezone.now() - timedelta(days=1))
+    Grant.objects.filter(pk=grant.pk).update(
+        starts_at=timezone.now() - timedelta(days=10), expires_at=timezone.now() - timedelta(days=1)
+    )
     client = bearer(applicant)
     assert [(g["state"], g["active"]) for g in client.get(url("grants")).json()["results"]] == [("expired", False)]
     assert client.get(url("release-access", application.release.slug)).json()["reason"] == "grant_expired"
@@ -463,7 +482,8 @@ def test_api_key_lifecycle(applicant: Any, other_applicant: Any) -> None:
     refused = with_key.get(url("api-keys"))
     assert refused.status_code == 401
     assert refused.json() == {
-        "code": "authentication_failed", "detail": "This API key is revoked or expired. Create a new one.",
+        "code": "authentication_failed",
+        "detail": "This API key is revoked or expired. Create a new one.",
     }
 
 
@@ -491,7 +511,12 @@ def test_schema_is_valid_without_warnings(tmp_path: Any) -> None:
     target = tmp_path / "schema.yaml"
     call_command("spectacular", "--validate", "--fail-on-warn", "--file", str(target))
     text = target.read_text()
-    for operation_id in ("applications_create", "review_applications_approve", "releases_access_check", "api_keys_revoke"):
+    for operation_id in (
+        "applications_create",
+        "review_applications_approve",
+        "releases_access_check",
+        "api_keys_revoke",
+    ):
         assert f"operationId: {operation_id}\n" in text
 
 

@@ -73,10 +73,18 @@ def application_id(world: World) -> list[Any]:
 
 def new_application(world: World) -> dict[str, Any]:
     return {
-        "release": world.release_slug, "full_name": "Someone", "affiliation": "Some University",
-        "organization_type": "academic", "role": "Researcher", "country": "DE",
-        "research_purpose": factories.RESEARCH_PURPOSE, "intended_use": "Evaluation.", "publications": [],
-        "license_version_id": world.license_version_id, "accept_license": True, "non_commercial_attested": True,
+        "release": world.release_slug,
+        "full_name": "Someone",
+        "affiliation": "Some University",
+        "organization_type": "academic",
+        "role": "Researcher",
+        "country": "DE",
+        "research_purpose": factories.RESEARCH_PURPOSE,
+        "intended_use": "Evaluation.",
+        "publications": [],
+        "license_version_id": world.license_version_id,
+        "accept_license": True,
+        "non_commercial_attested": True,
     }
 
 
@@ -87,8 +95,11 @@ MATRIX = [
     Row("release-license", "get", args=lambda w: [w.release_slug], expect=everyone(200)),
     Row("families", "get", expect=everyone(200)),
     Row(
-        "release-license-accept", "post", args=lambda w: [w.open_slug],
-        body=lambda w: {"license_version_id": w.open_license_version_id}, expect=signed_in(201),
+        "release-license-accept",
+        "post",
+        args=lambda w: [w.open_slug],
+        body=lambda w: {"license_version_id": w.open_license_version_id},
+        expect=signed_in(201),
     ),
     Row("release-access", "get", args=lambda w: [w.release_slug], expect=signed_in(200)),
     # Applicant: one's own only.
@@ -98,8 +109,12 @@ MATRIX = [
     Row("application", "get", args=application_id, expect=owner_only(200)),
     Row("application-messages", "get", args=application_id, expect=owner_only(200)),
     Row(
-        "application-answer", "post", args=application_id, body=lambda w: {"message": "Here it is."},
-        expect=owner_only(200), state=ApplicationStatus.NEEDS_INFO,
+        "application-answer",
+        "post",
+        args=application_id,
+        body=lambda w: {"message": "Here it is."},
+        expect=owner_only(200),
+        state=ApplicationStatus.NEEDS_INFO,
     ),
     Row("application-withdraw", "post", args=application_id, expect=owner_only(200)),
     # Review: reviewers (and superusers) only.
@@ -109,12 +124,17 @@ MATRIX = [
     Row("review-approve", "post", args=application_id, expect=reviewers_only(200)),
     Row("review-reject", "post", args=application_id, body=lambda w: {"reason": "No."}, expect=reviewers_only(200)),
     Row(
-        "review-request-info", "post", args=application_id, body=lambda w: {"message": "Why?"},
+        "review-request-info",
+        "post",
+        args=application_id,
+        body=lambda w: {"message": "Why?"},
         expect=reviewers_only(200),
     ),
     Row("review-notes", "post", args=application_id, body=lambda w: {"body": "Note."}, expect=reviewers_only(201)),
     Row(
-        "review-bulk", "post", body=lambda w: {"ids": [w.application.pk], "decision": "approve"},
+        "review-bulk",
+        "post",
+        body=lambda w: {"ids": [w.application.pk], "decision": "approve"},
         expect=reviewers_only(200),
     ),
     Row("review-metrics", "get", expect=reviewers_only(200)),
@@ -131,9 +151,12 @@ def world(applicant: Any, reviewer: Any, gated_release: Any, open_release: Any) 
     application = factories.make_application(applicant, gated_release)
     key, _ = api_key_create(user=applicant, name="owner's key")
     return World(
-        application=application, key=key, release_slug=gated_release.slug,
+        application=application,
+        key=key,
+        release_slug=gated_release.slug,
         license_version_id=gated_release.license.current_version.pk,
-        open_slug=open_release.slug, open_license_version_id=open_release.license.current_version.pk,
+        open_slug=open_release.slug,
+        open_license_version_id=open_release.license.current_version.pk,
     )
 
 

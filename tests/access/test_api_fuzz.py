@@ -65,11 +65,18 @@ def rows(applicant: Any, other_applicant: Any, reviewer: Any, gated_release: Any
         "slugs": [gated_release.slug, open_release.slug],
         "key_ids": [spare_key.pk],
         "valid_application": {
-            "release": gated_release.slug, "full_name": "Dana Diaz", "affiliation": "Universidad de Chile",
-            "organization_type": "academic", "role": "Postdoc", "country": "CL",
-            "research_purpose": factories.RESEARCH_PURPOSE, "intended_use": "Evaluation.",
-            "publications": ["10.1234/x.1"], "license_version_id": gated_release.license.current_version.pk,
-            "accept_license": True, "non_commercial_attested": True,
+            "release": gated_release.slug,
+            "full_name": "Dana Diaz",
+            "affiliation": "Universidad de Chile",
+            "organization_type": "academic",
+            "role": "Postdoc",
+            "country": "CL",
+            "research_purpose": factories.RESEARCH_PURPOSE,
+            "intended_use": "Evaluation.",
+            "publications": ["10.1234/x.1"],
+            "license_version_id": gated_release.license.current_version.pk,
+            "accept_license": True,
+            "non_commercial_attested": True,
         },
     }
 
@@ -86,7 +93,9 @@ def _strategy(operation: Any, rows: dict[str, Any]) -> st.SearchStrategy[Any]:
         # Random text rarely passes the service's rules (ISO country, 200-character purpose, the current
         # license version): also send a valid application, so the 201 and 409 paths are fuzzed too.
         strategies.append(
-            operation.as_strategy(GenerationMode.POSITIVE, body=rows["valid_application"], media_type="application/json")
+            operation.as_strategy(
+                GenerationMode.POSITIVE, body=rows["valid_application"], media_type="application/json"
+            )
         )
     return st.one_of(strategies)
 

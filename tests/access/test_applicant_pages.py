@@ -45,8 +45,10 @@ def test_pages_need_sign_in(client: Any, application: Any) -> None:
     for url in [reverse("my-applications"), _detail(application), reverse("notifications")]:
         response = client.get(url)
         assert response.status_code == 302 and response.url.startswith(reverse("login")), url
-    for url in [reverse("application-answer", args=[application.pk]),
-                reverse("application-withdraw", args=[application.pk])]:
+    for url in [
+        reverse("application-answer", args=[application.pk]),
+        reverse("application-withdraw", args=[application.pk]),
+    ]:
         assert client.post(url, {"message": "x", "confirm": "on"}).status_code == 302
     application.refresh_from_db()
     assert application.status == ApplicationStatus.SUBMITTED
@@ -91,8 +93,9 @@ def test_my_applications_lists_applications_and_grants(
 
 def test_renewal_button_and_flow(client: Any, applicant: Any, reviewer: Any, application: Any) -> None:
     grant = _near_expiry(application_approve(application=application, reviewer=reviewer, meta=META))
-    new_version = license_version_publish(license_id=application.release.license_id, version="1.1",
-                                          text="Version 1.1: cite the paper.", actor=None)
+    new_version = license_version_publish(
+        license_id=application.release.license_id, version="1.1", text="Version 1.1: cite the paper.", actor=None
+    )
     login(client, applicant)
     listing = client.get(reverse("my-applications")).content.decode()
     renew_url = reverse("grant-renew", args=[grant.pk])
@@ -130,7 +133,9 @@ def test_renewal_too_early_names_the_opening_date(client: Any, applicant: Any, r
     assert not Application.objects.filter(renewal_of=grant).exists()
 
 
-def test_renewal_of_someone_elses_grant_is_404(client: Any, other_applicant: Any, reviewer: Any, application: Any) -> None:
+def test_renewal_of_someone_elses_grant_is_404(
+    client: Any, other_applicant: Any, reviewer: Any, application: Any
+) -> None:
     grant = _near_expiry(application_approve(application=application, reviewer=reviewer, meta=META))
     login(client, other_applicant)
     url = reverse("grant-renew", args=[grant.pk])
@@ -160,8 +165,12 @@ def test_approved_detail_names_grant_expiry(client: Any, applicant: Any, reviewe
     assert "Withdraw application" not in text
 
 
-def test_rejected_detail_gives_reason_and_reapply_date(client: Any, applicant: Any, reviewer: Any, application: Any) -> None:
-    application_reject(application=application, reviewer=reviewer, reason="Purpose unclear; say which benchmarks.", meta=META)
+def test_rejected_detail_gives_reason_and_reapply_date(
+    client: Any, applicant: Any, reviewer: Any, application: Any
+) -> None:
+    application_reject(
+        application=application, reviewer=reviewer, reason="Purpose unclear; say which benchmarks.", meta=META
+    )
     application.refresh_from_db()
     login(client, applicant)
     text = client.get(_detail(application)).content.decode()
@@ -184,8 +193,9 @@ def test_answer_flow_moves_needs_info_to_in_review_and_hides_reviewer_notes(
     empty = client.post(reverse("application-answer", args=[application.pk]), {"message": "   "})
     assert empty.status_code == 400 and "Write your answer" in empty.content.decode()
 
-    response = client.post(reverse("application-answer", args=[application.pk]), {"message": "MMLU and TriviaQA."},
-                           follow=True)
+    response = client.post(
+        reverse("application-answer", args=[application.pk]), {"message": "MMLU and TriviaQA."}, follow=True
+    )
     assert response.status_code == 200
     application.refresh_from_db()
     assert application.status == ApplicationStatus.IN_REVIEW
@@ -229,7 +239,9 @@ def test_withdraw_needs_confirmation_then_withdraws(client: Any, applicant: Any,
 # --- Notifications ----------------------------------------------------------------------------
 
 
-def test_notifications_newest_first_and_marked_read(client: Any, applicant: Any, other_applicant: Any, application: Any) -> None:
+def test_notifications_newest_first_and_marked_read(
+    client: Any, applicant: Any, other_applicant: Any, application: Any
+) -> None:
     Notification.objects.create(user=applicant, subject="Newest news", body="b")
     theirs = Notification.objects.create(user=other_applicant, subject="Not yours", body="b")
     login(client, applicant)

@@ -19,11 +19,16 @@ META = RequestMeta(ip="10.0.0.1", user_agent="pytest")
 
 def _form_data(release: Any, **overrides: Any) -> dict[str, Any]:
     data: dict[str, Any] = {
-        "full_name": "Alice Adams", "affiliation": "Heidelberg University", "organization_type": "academic",
-        "role": "PhD student", "country": "DE", "research_purpose": factories.RESEARCH_PURPOSE,
+        "full_name": "Alice Adams",
+        "affiliation": "Heidelberg University",
+        "organization_type": "academic",
+        "role": "PhD student",
+        "country": "DE",
+        "research_purpose": factories.RESEARCH_PURPOSE,
         "intended_use": "Evaluation only; no fine-tuning, no deployment.",
         "publications": "10.1234/calibration.2024\r\n\r\nhttps://arxiv.org/abs/2205.01068\r\n",
-        "license_version_id": release.license.current_version.pk, "accept_license": "on",
+        "license_version_id": release.license.current_version.pk,
+        "accept_license": "on",
         "non_commercial_attested": "on",
     }
     data.update(overrides)
@@ -42,7 +47,9 @@ def test_apply_needs_sign_in(client: Any, gated_release: Any) -> None:
     assert response.status_code == 302 and not Application.objects.exists()
 
 
-def test_form_prefills_profile_shows_email_license_and_countries(client: Any, applicant: Any, gated_release: Any) -> None:
+def test_form_prefills_profile_shows_email_license_and_countries(
+    client: Any, applicant: Any, gated_release: Any
+) -> None:
     login(client, applicant)
     response = client.get(_apply_url(gated_release))
     assert response.status_code == 200
@@ -62,8 +69,12 @@ def test_success_creates_application_with_accepted_license_version(
 ) -> None:
     login(client, applicant)
     with django_capture_on_commit_callbacks(execute=True):
-        response = client.post(_apply_url(gated_release), _form_data(gated_release),
-                               REMOTE_ADDR="192.0.2.5", HTTP_USER_AGENT="TestBrowser/2")
+        response = client.post(
+            _apply_url(gated_release),
+            _form_data(gated_release),
+            REMOTE_ADDR="192.0.2.5",
+            HTTP_USER_AGENT="TestBrowser/2",
+        )
     application = Application.objects.get(applicant=applicant)
     assert response.status_code == 302
     assert response.url == reverse("application-detail", args=[application.pk])
@@ -79,14 +90,25 @@ def test_success_creates_application_with_accepted_license_version(
     assert f"Your application #{application.pk} for OPT-175B is submitted".encode() in page.content
 
 
-def test_field_errors_shown_next_to_fields_and_typed_values_kept(client: Any, applicant: Any, gated_release: Any) -> None:
+def test_field_errors_shown_next_to_fields_and_typed_values_kept(
+    client: Any, applicant: Any, gated_release: Any
+) -> None:
     login(client, applicant)
     short_purpose = "I want to try the biggest model for my thesis <3"
-    response = client.post(_apply_url(gated_release), _form_data(
-        gated_release, research_purpose=short_purpose, role="", country="XX", organization_type="",
-        publications="not a link\nhttps://arxiv.org/abs/1", accept_license=None, non_commercial_attested=None,
-        intended_use="Benchmarking only",
-    ))
+    response = client.post(
+        _apply_url(gated_release),
+        _form_data(
+            gated_release,
+            research_purpose=short_purpose,
+            role="",
+            country="XX",
+            organization_type="",
+            publications="not a link\nhttps://arxiv.org/abs/1",
+            accept_license=None,
+            non_commercial_attested=None,
+            intended_use="Benchmarking only",
+        ),
+    )
     assert response.status_code == 400
     errors = response.context["form"].errors
     assert "at least 200 characters" in errors["research_purpose"][0]
@@ -149,7 +171,9 @@ def test_open_application_blocks_form_with_link(client: Any, applicant: Any, gat
     assert Application.objects.count() == 1
 
 
-def test_cooling_off_after_rejection_names_the_date(client: Any, applicant: Any, reviewer: Any, gated_release: Any) -> None:
+def test_cooling_off_after_rejection_names_the_date(
+    client: Any, applicant: Any, reviewer: Any, gated_release: Any
+) -> None:
     application = factories.make_application(applicant, gated_release)
     application_reject(application=application, reviewer=reviewer, reason="Too vague.", meta=META)
     login(client, applicant)
@@ -165,8 +189,9 @@ def test_license_changed_while_filling_in_keeps_answers_and_shows_new_version(
 ) -> None:
     login(client, applicant)
     data = _form_data(gated_release)
-    new = license_version_publish(license_id=gated_release.license_id, version="2.0",
-                                  text="Version two: share nothing.", actor=None)
+    new = license_version_publish(
+        license_id=gated_release.license_id, version="2.0", text="Version two: share nothing.", actor=None
+    )
     response = client.post(_apply_url(gated_release), data)
     assert response.status_code == 409
     text = response.content.decode()

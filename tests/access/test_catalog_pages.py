@@ -41,7 +41,9 @@ def _moe_release() -> Release:
     return release
 
 
-def test_index_groups_by_family_with_tier_size_and_parameters(client: Any, gated_release: Any, open_release: Any) -> None:
+def test_index_groups_by_family_with_tier_size_and_parameters(
+    client: Any, gated_release: Any, open_release: Any
+) -> None:
     response = client.get(reverse("catalog"))
     assert response.status_code == 200
     families = response.context["families"]
@@ -62,8 +64,9 @@ def test_index_hides_unlisted_releases(client: Any, gated_release: Any) -> None:
 
 def test_index_shows_the_users_access_state(client: Any, applicant: Any, gated_release: Any, open_release: Any) -> None:
     factories.make_application(applicant, gated_release)
-    license_accept(user=applicant, release=open_release,
-                   license_version_id=open_release.license.current_version.pk, meta=META)
+    license_accept(
+        user=applicant, release=open_release, license_version_id=open_release.license.current_version.pk, meta=META
+    )
     login(client, applicant)
     states = {
         item["release"].slug: item["state"]["label"]
@@ -78,9 +81,16 @@ def test_detail_renders_architecture_model_card_data_card_and_license(client: An
     assert response.status_code == 200
     text = response.content.decode()
     for label, value in [
-        ("Layers", "12"), ("Attention heads", "12"), ("Key/value heads", "12"), ("Hidden size", "768"),
-        ("FFN size", "3,072"), ("Vocabulary", "50,272"), ("Max positions", "2,048"), ("Experts", "64"),
-        ("Experts per token (top-k)", "2"), ("Tensor parallelism at training", "8"),
+        ("Layers", "12"),
+        ("Attention heads", "12"),
+        ("Key/value heads", "12"),
+        ("Hidden size", "768"),
+        ("FFN size", "3,072"),
+        ("Vocabulary", "50,272"),
+        ("Max positions", "2,048"),
+        ("Experts", "64"),
+        ("Experts per token (top-k)", "2"),
+        ("Tensor parallelism at training", "8"),
     ]:
         assert f'<th scope="row">{label}</th><td>{value}</td>' in text, label
     assert "MoE layer every" in text
@@ -133,18 +143,23 @@ def test_access_panel_states_for_gated_release(client: Any, applicant: Any, revi
     assert reason == "grant_revoked" and "was revoked" in text and "Shared the weights." in text
 
 
-def test_access_panel_expired_grant_offers_new_application(client: Any, applicant: Any, reviewer: Any, gated_release: Any) -> None:
+def test_access_panel_expired_grant_offers_new_application(
+    client: Any, applicant: Any, reviewer: Any, gated_release: Any
+) -> None:
     application = factories.make_application(applicant, gated_release)
     grant = application_approve(application=application, reviewer=reviewer, meta=META)
-    Grant.objects.filter(pk=grant.pk).update(starts_at=timezone.now() - timedelta(days=400),
-                                             expires_at=timezone.now() - timedelta(days=1))
+    Grant.objects.filter(pk=grant.pk).update(
+        starts_at=timezone.now() - timedelta(days=400), expires_at=timezone.now() - timedelta(days=1)
+    )
     login(client, applicant)
     reason, text = _panel(client, gated_release)
     assert reason == "grant_expired" and "expired on" in text
     assert reverse("release-apply", args=[gated_release.slug]) in text
 
 
-def test_access_panel_after_rejection_shows_reapply_date(client: Any, applicant: Any, reviewer: Any, gated_release: Any) -> None:
+def test_access_panel_after_rejection_shows_reapply_date(
+    client: Any, applicant: Any, reviewer: Any, gated_release: Any
+) -> None:
     application = factories.make_application(applicant, gated_release)
     application_reject(application=application, reviewer=reviewer, reason="Too vague.", meta=META)
     login(client, applicant)
@@ -157,8 +172,9 @@ def test_access_panel_for_open_release(client: Any, applicant: Any, open_release
     login(client, applicant)
     reason, text = _panel(client, open_release)
     assert reason == "license_not_accepted" and "Accept license" in text
-    license_accept(user=applicant, release=open_release,
-                   license_version_id=open_release.license.current_version.pk, meta=META)
+    license_accept(
+        user=applicant, release=open_release, license_version_id=open_release.license.current_version.pk, meta=META
+    )
     reason, text = _panel(client, open_release)
     assert reason == "ok" and "You accepted the current license" in text
 
@@ -178,14 +194,20 @@ def test_license_text_readable_anonymously_but_accepting_needs_sign_in(client: A
     assert not LicenseAcceptance.objects.exists()
 
 
-def test_accept_open_release_license_records_version_ip_and_user_agent(client: Any, applicant: Any, open_release: Any) -> None:
+def test_accept_open_release_license_records_version_ip_and_user_agent(
+    client: Any, applicant: Any, open_release: Any
+) -> None:
     login(client, applicant)
     version = open_release.license.current_version
     url = reverse("release-license", args=[open_release.slug])
     page = client.get(url)
     assert f'value="{version.pk}"'.encode() in page.content
-    response = client.post(url, {"accept": "on", "license_version_id": version.pk},
-                           REMOTE_ADDR="192.0.2.7", HTTP_USER_AGENT="TestBrowser/1.0")
+    response = client.post(
+        url,
+        {"accept": "on", "license_version_id": version.pk},
+        REMOTE_ADDR="192.0.2.7",
+        HTTP_USER_AGENT="TestBrowser/1.0",
+    )
     assert response.status_code == 302 and response.url == reverse("release-detail", args=[open_release.slug])
     acceptance = LicenseAcceptance.objects.get(user=applicant, release=open_release)
     assert acceptance.license_version == version
@@ -195,20 +217,26 @@ def test_accept_open_release_license_records_version_ip_and_user_agent(client: A
 
 def test_accept_without_ticking_the_box_is_a_field_error(client: Any, applicant: Any, open_release: Any) -> None:
     login(client, applicant)
-    response = client.post(reverse("release-license", args=[open_release.slug]),
-                           {"license_version_id": open_release.license.current_version.pk})
+    response = client.post(
+        reverse("release-license", args=[open_release.slug]),
+        {"license_version_id": open_release.license.current_version.pk},
+    )
     assert response.status_code == 400
     assert "Tick the box" in response.context["form"].errors["accept"][0]
     assert not LicenseAcceptance.objects.exists()
 
 
-def test_accept_stale_version_is_a_conflict_showing_the_new_text(client: Any, applicant: Any, open_release: Any) -> None:
+def test_accept_stale_version_is_a_conflict_showing_the_new_text(
+    client: Any, applicant: Any, open_release: Any
+) -> None:
     login(client, applicant)
     old = open_release.license.current_version
-    new = license_version_publish(license_id=open_release.license_id, version="2.0",
-                                  text="Version two: attribution required.", actor=None)
-    response = client.post(reverse("release-license", args=[open_release.slug]),
-                           {"accept": "on", "license_version_id": old.pk})
+    new = license_version_publish(
+        license_id=open_release.license_id, version="2.0", text="Version two: attribution required.", actor=None
+    )
+    response = client.post(
+        reverse("release-license", args=[open_release.slug]), {"accept": "on", "license_version_id": old.pk}
+    )
     assert response.status_code == 409
     text = response.content.decode()
     assert "changed while you were reading it" in text and "version 2.0 is now in force" in text
@@ -227,13 +255,16 @@ def test_gated_release_license_page_sends_non_holders_to_apply(client: Any, appl
     assert not LicenseAcceptance.objects.exists()
 
 
-def test_grant_holder_accepts_new_gated_license_version(client: Any, applicant: Any, reviewer: Any, gated_release: Any) -> None:
+def test_grant_holder_accepts_new_gated_license_version(
+    client: Any, applicant: Any, reviewer: Any, gated_release: Any
+) -> None:
     application = factories.make_application(applicant, gated_release)
     application_approve(application=application, reviewer=reviewer, meta=META)
     new = license_version_publish(license_id=gated_release.license_id, version="2.0", text="Two.", actor=None)
     login(client, applicant)
-    response = client.post(reverse("release-license", args=[gated_release.slug]),
-                           {"accept": "on", "license_version_id": new.pk})
+    response = client.post(
+        reverse("release-license", args=[gated_release.slug]), {"accept": "on", "license_version_id": new.pk}
+    )
     assert response.status_code == 302
     reason, _ = _panel(client, gated_release)
     assert reason == "ok"

@@ -36,10 +36,14 @@ pytestmark = pytest.mark.django_db
 META = RequestMeta(ip="10.0.0.9", user_agent="pytest")
 
 
-def _apply(email: str, release: Any, *, name: str = "", affiliation: str = "Heidelberg University", **overrides: Any) -> Any:
+def _apply(
+    email: str, release: Any, *, name: str = "", affiliation: str = "Heidelberg University", **overrides: Any
+) -> Any:
     """A new verified applicant and their application (through the submit service)."""
     user = factories.make_user(email, full_name=name or email.split("@")[0].title(), affiliation=affiliation)
-    return factories.make_application(user, release, full_name=name or user.full_name, affiliation=affiliation, **overrides)
+    return factories.make_application(
+        user, release, full_name=name or user.full_name, affiliation=affiliation, **overrides
+    )
 
 
 def _queue_ids(response: Any) -> list[int]:
@@ -74,15 +78,19 @@ def _review_urls(application: Any, grant: Any) -> tuple[list[str], list[str]]:
     actions = [
         reverse("review-bulk"),
         reverse("review-grant-revoke", args=[grant.pk]),
-        *(reverse(name, args=[application.pk]) for name in
-          ("review-start", "review-approve", "review-reject", "review-request-info", "review-note")),
+        *(
+            reverse(name, args=[application.pk])
+            for name in ("review-start", "review-approve", "review-reject", "review-request-info", "review-note")
+        ),
     ]
     return pages, actions
 
 
 @pytest.fixture
 def grant(other_applicant: Any, gated_release: Any, reviewer: Any) -> Any:
-    application = factories.make_application(other_applicant, gated_release, full_name="Bob Brown", affiliation="ETH Zurich")
+    application = factories.make_application(
+        other_applicant, gated_release, full_name="Bob Brown", affiliation="ETH Zurich"
+    )
     return application_approve(application=application, reviewer=reviewer, meta=META)
 
 
@@ -104,10 +112,18 @@ def test_applicant_gets_403_everywhere(client: Any, applicant: Any, application:
     for url in pages:
         assert client.get(url).status_code == 403, url
     for url in actions:
-        response = client.post(url, {
-            "reason": "x", "expected_version": application.version, "expires_on": "2099-01-01",
-            "message": "?", "body": "note", "application_ids": [application.pk], "decision": "approve",
-        })
+        response = client.post(
+            url,
+            {
+                "reason": "x",
+                "expected_version": application.version,
+                "expires_on": "2099-01-01",
+                "message": "?",
+                "body": "note",
+                "application_ids": [application.pk],
+                "decision": "approve",
+            },
+        )
         assert response.status_code == 403, url
     application.refresh_from_db()
     assert application.status == ApplicationStatus.SUBMITTED
@@ -126,7 +142,9 @@ def test_staff_without_reviewer_permission_gets_403(client: Any, application: An
 
 
 @pytest.mark.parametrize("persona", ["reviewer", "admin"])
-def test_reviewers_and_admins_see_every_page(client: Any, request: Any, persona: str, application: Any, grant: Any) -> None:
+def test_reviewers_and_admins_see_every_page(
+    client: Any, request: Any, persona: str, application: Any, grant: Any
+) -> None:
     login(client, request.getfixturevalue(persona))
     pages, _ = _review_urls(application, grant)
     for url in pages:
@@ -162,10 +180,12 @@ def varied(gated_release: Any) -> dict[str, Any]:
         "in_review": _apply("ir@uni-heidelberg.de", gated_release, name="In Review"),
         "approved": _apply("ok@uni-heidelberg.de", gated_release, name="Was Approved"),
         "old": _apply("old@uni-heidelberg.de", gated_release, name="Old Timer"),
-        "affiliation": _apply("x@mit.edu", gated_release, name="Max Tech", affiliation="Massachusetts Institute of Technology"),
+        "affiliation": _apply(
+            "x@mit.edu", gated_release, name="Max Tech", affiliation="Massachusetts Institute of Technology"
+        ),
     }
     now = timezone.now()
-    for index, (key, application) in enumerate(rows.items()):
+    for index, application in enumerate(rows.values()):
         Application.objects.filter(pk=application.pk).update(submitted_at=now - timedelta(days=10 - index))
     Application.objects.filter(pk=rows["old"].pk).update(submitted_at=now - timedelta(days=40))
     Application.objects.filter(pk=rows["in_review"].pk).update(status=ApplicationStatus.IN_REVIEW)
@@ -200,7 +220,9 @@ def test_queue_defaults_to_pending_oldest_first(client: Any, reviewer: Any, vari
         ({"q": "institute of tech"}, {"affiliation"}),
     ],
 )
-def test_each_filter_narrows(client: Any, reviewer: Any, varied: dict[str, Any], params: dict[str, Any], expected: set[str]) -> None:
+def test_each_filter_narrows(
+    client: Any, reviewer: Any, varied: dict[str, Any], params: dict[str, Any], expected: set[str]
+) -> None:
     login(client, reviewer)
     response = client.get(reverse("review-queue"), params)
     assert response.status_code == 200
@@ -212,22 +234,39 @@ def test_all_statuses_and_date_range(client: Any, reviewer: Any, varied: dict[st
     everything = _queue_ids(client.get(reverse("review-queue"), {"status": "all"}))
     assert set(everything) == {a.pk for a in varied.values()}
     today = timezone.now().date()
-    recent = _queue_ids(client.get(reverse("review-queue"), {
-        "status": "all", "submitted_from": (today - timedelta(days=20)).isoformat(),
-    }))
+    recent = _queue_ids(
+        client.get(
+            reverse("review-queue"),
+            {
+                "status": "all",
+                "submitted_from": (today - timedelta(days=20)).isoformat(),
+            },
+        )
+    )
     assert set(recent) == set(everything) - {varied["old"].pk}
-    old_only = _queue_ids(client.get(reverse("review-queue"), {
-        "submitted_from": (today - timedelta(days=41)).isoformat(),
-        "submitted_to": (today - timedelta(days=39)).isoformat(),
-    }))
+    old_only = _queue_ids(
+        client.get(
+            reverse("review-queue"),
+            {
+                "submitted_from": (today - timedelta(days=41)).isoformat(),
+                "submitted_to": (today - timedelta(days=39)).isoformat(),
+            },
+        )
+    )
     assert old_only == [varied["old"].pk]
 
 
 def test_bad_filter_names_the_field_and_keeps_input(client: Any, reviewer: Any, varied: dict[str, Any]) -> None:
     login(client, reviewer)
-    response = client.get(reverse("review-queue"), {
-        "submitted_from": "2024-05-10", "submitted_to": "2024-05-01", "per_page": "5000", "q": "marie",
-    })
+    response = client.get(
+        reverse("review-queue"),
+        {
+            "submitted_from": "2024-05-10",
+            "submitted_to": "2024-05-01",
+            "per_page": "5000",
+            "q": "marie",
+        },
+    )
     html = response.content.decode()
     assert "swap the two dates" in html
     assert "Ensure this value is less than or equal to 200" in html
@@ -235,10 +274,14 @@ def test_bad_filter_names_the_field_and_keeps_input(client: Any, reviewer: Any, 
     assert set(_queue_ids(response)) == _pks(varied, "country")  # valid filters still apply
 
 
-def test_queue_costs_the_same_number_of_queries_at_any_page_size(client: Any, reviewer: Any, gated_release: Any) -> None:
+def test_queue_costs_the_same_number_of_queries_at_any_page_size(
+    client: Any, reviewer: Any, gated_release: Any
+) -> None:
     other_release = factories.make_release(slug="llama-65b", name="LLaMA-65B", gated=True)
     for index in range(60):
-        _apply(f"person{index}@uni-heidelberg.de", gated_release if index % 2 else other_release, name=f"Person {index}")
+        _apply(
+            f"person{index}@uni-heidelberg.de", gated_release if index % 2 else other_release, name=f"Person {index}"
+        )
     login(client, reviewer)
     client.get(reverse("review-queue"))  # warm the session
     counts = {}
@@ -271,12 +314,14 @@ def test_metrics_median_and_p90_from_known_times(client: Any, reviewer: Any, gat
         application = _apply(f"m{index}@uni-heidelberg.de", gated_release, name=f"Metric {index}")
         Application.objects.filter(pk=application.pk).update(
             status=ApplicationStatus.APPROVED if index % 2 else ApplicationStatus.REJECTED,
-            decided_at=decided_at, submitted_at=decided_at - timedelta(hours=taken),
+            decided_at=decided_at,
+            submitted_at=decided_at - timedelta(hours=taken),
         )
     # Decided long ago: outside the 30-day window, must not count.
     stale = _apply("stale@uni-heidelberg.de", gated_release, name="Stale")
     Application.objects.filter(pk=stale.pk).update(
-        status=ApplicationStatus.APPROVED, decided_at=timezone.now() - timedelta(days=60),
+        status=ApplicationStatus.APPROVED,
+        decided_at=timezone.now() - timedelta(days=60),
         submitted_at=timezone.now() - timedelta(days=100),
     )
     pending = _apply("pending@uni-heidelberg.de", gated_release, name="Still Pending")
@@ -292,7 +337,7 @@ def test_metrics_median_and_p90_from_known_times(client: Any, reviewer: Any, gat
 
     day = timezone.localtime(decided_at).date()
     week = day - timedelta(days=day.weekday())
-    assert '<svg role="img"' in html and "<title id=\"chart-title\">Decisions per week" in html
+    assert '<svg role="img"' in html and '<title id="chart-title">Decisions per week' in html
     assert html.count('<g class="bar"') == 12
     assert f'data-week="{week:%Y-%m-%d}" data-count="10"' in html
 
@@ -365,9 +410,13 @@ def test_approve_form_defaults_to_configured_days(client: Any, reviewer: Any, ap
 
 def test_approve_with_past_expiry_is_refused_at_the_field(client: Any, reviewer: Any, application: Any) -> None:
     login(client, reviewer)
-    response = client.post(reverse("review-approve", args=[application.pk]), {
-        "expected_version": application.version, "expires_on": "2001-01-01",
-    })
+    response = client.post(
+        reverse("review-approve", args=[application.pk]),
+        {
+            "expected_version": application.version,
+            "expires_on": "2001-01-01",
+        },
+    )
     assert response.status_code == 400
     assert "The grant must expire in the future." in response.content.decode()
     assert 'value="2001-01-01"' in response.content.decode()
@@ -406,9 +455,14 @@ def test_reject_with_free_text_only_and_copied_template_is_not_doubled(
 
 def test_reject_without_reason_keeps_the_page_and_input(client: Any, reviewer: Any, application: Any) -> None:
     login(client, reviewer)
-    response = client.post(reverse("review-reject", args=[application.pk]), {
-        "expected_version": application.version, "template": "99999", "reason": "typed words",
-    })
+    response = client.post(
+        reverse("review-reject", args=[application.pk]),
+        {
+            "expected_version": application.version,
+            "template": "99999",
+            "reason": "typed words",
+        },
+    )
     assert response.status_code == 400
     html = response.content.decode()
     assert "Select a valid choice" in html and "typed words" in html
@@ -433,9 +487,13 @@ def test_request_info_creates_thread_message(client: Any, reviewer: Any, applica
 
 def test_request_info_needs_a_question(client: Any, reviewer: Any, application: Any) -> None:
     login(client, reviewer)
-    response = client.post(reverse("review-request-info", args=[application.pk]), {
-        "expected_version": application.version, "message": "",
-    })
+    response = client.post(
+        reverse("review-request-info", args=[application.pk]),
+        {
+            "expected_version": application.version,
+            "message": "",
+        },
+    )
     assert response.status_code == 400 and "This field is required." in response.content.decode()
     assert not ApplicationMessage.objects.exists()
 
@@ -446,15 +504,22 @@ def test_stale_page_gets_a_conflict_and_changes_nothing(
     seen_version = application.version
     application_start_review(application=application, reviewer=second_reviewer, meta=META)
     login(client, reviewer)
-    response = client.post(reverse("review-approve", args=[application.pk]), {
-        "expected_version": seen_version, "expires_on": (timezone.localdate() + timedelta(days=30)).isoformat(),
-    }, follow=True)
+    response = client.post(
+        reverse("review-approve", args=[application.pk]),
+        {
+            "expected_version": seen_version,
+            "expires_on": (timezone.localdate() + timedelta(days=30)).isoformat(),
+        },
+        follow=True,
+    )
     assert any("changed since you opened it" in message for message in _messages(response))
     application.refresh_from_db()
     assert application.status == ApplicationStatus.IN_REVIEW and application.reviewer == second_reviewer
     assert not Grant.objects.exists()
     # Start review from the same stale page: also refused.
-    response = client.post(reverse("review-start", args=[application.pk]), {"expected_version": seen_version}, follow=True)
+    response = client.post(
+        reverse("review-start", args=[application.pk]), {"expected_version": seen_version}, follow=True
+    )
     assert any("changed since you opened it" in message for message in _messages(response))
 
 
@@ -463,11 +528,18 @@ def test_second_reviewer_sees_who_decided_first(
 ) -> None:
     seen_version = application.version
     login(client, reviewer)
-    _post_action(client, "review-approve", application, expires_on=(timezone.localdate() + timedelta(days=30)).isoformat())
+    _post_action(
+        client, "review-approve", application, expires_on=(timezone.localdate() + timedelta(days=30)).isoformat()
+    )
     login(client, second_reviewer)
-    response = client.post(reverse("review-reject", args=[application.pk]), {
-        "expected_version": seen_version, "reason": "Too late.",
-    }, follow=True)
+    response = client.post(
+        reverse("review-reject", args=[application.pk]),
+        {
+            "expected_version": seen_version,
+            "reason": "Too late.",
+        },
+        follow=True,
+    )
     conflict = [m for m in _messages(response) if "already approved by Rita Reviewer at" in m]
     assert conflict, _messages(response)
     application.refresh_from_db()
@@ -483,7 +555,10 @@ def test_notes_are_for_reviewers_only(
     _post_action(client, "review-note", application, body="Checked the lab page: real person.")
     assert ReviewerNote.objects.get(application=application).author == reviewer
     login(client, second_reviewer)
-    assert "Checked the lab page: real person." in client.get(reverse("review-detail", args=[application.pk])).content.decode()
+    assert (
+        "Checked the lab page: real person."
+        in client.get(reverse("review-detail", args=[application.pk])).content.decode()
+    )
     login(client, applicant)
     assert client.get(reverse("review-detail", args=[application.pk])).status_code == 403
     own_page = client.get(reverse("application-detail", args=[application.pk]))
@@ -499,9 +574,15 @@ def test_bulk_approve_reports_the_conflicting_row(
     rows = [_apply(f"b{index}@uni-heidelberg.de", gated_release, name=f"Bulk {index}") for index in range(3)]
     application_approve(application=rows[1], reviewer=reviewer, meta=META)
     login(client, second_reviewer)
-    response = client.post(reverse("review-bulk"), {
-        "application_ids": [row.pk for row in rows], "decision": "approve", "next": reverse("review-queue") + "?q=bulk",
-    }, follow=True)
+    response = client.post(
+        reverse("review-bulk"),
+        {
+            "application_ids": [row.pk for row in rows],
+            "decision": "approve",
+            "next": reverse("review-queue") + "?q=bulk",
+        },
+        follow=True,
+    )
     assert response.redirect_chain[-1][0] == reverse("review-queue") + "?q=bulk"
     texts = _messages(response)
     assert any(text.startswith(f"2 application(s) approved: #{rows[0].pk}, #{rows[2].pk}") for text in texts)
@@ -510,15 +591,25 @@ def test_bulk_approve_reports_the_conflicting_row(
     assert decided_by == {rows[0].pk: second_reviewer.pk, rows[1].pk: reviewer.pk, rows[2].pk: second_reviewer.pk}
 
 
-def test_bulk_reject_with_template_and_reason(client: Any, reviewer: Any, second_reviewer: Any, gated_release: Any) -> None:
-    template = RejectionTemplate.objects.create(title="Incomplete", body="Dear {name}, the form for {release} was incomplete.")
+def test_bulk_reject_with_template_and_reason(
+    client: Any, reviewer: Any, second_reviewer: Any, gated_release: Any
+) -> None:
+    template = RejectionTemplate.objects.create(
+        title="Incomplete", body="Dear {name}, the form for {release} was incomplete."
+    )
     rows = [_apply(f"r{index}@uni-heidelberg.de", gated_release, name=f"Rej {index}") for index in range(2)]
     application_approve(application=rows[0], reviewer=reviewer, meta=META)
     login(client, second_reviewer)
-    response = client.post(reverse("review-bulk"), {
-        "application_ids": [row.pk for row in rows], "decision": "reject", "template": template.pk,
-        "reason": "Please apply again.",
-    }, follow=True)
+    response = client.post(
+        reverse("review-bulk"),
+        {
+            "application_ids": [row.pk for row in rows],
+            "decision": "reject",
+            "template": template.pk,
+            "reason": "Please apply again.",
+        },
+        follow=True,
+    )
     texts = _messages(response)
     assert any(f"#{rows[0].pk} not rejected" in text for text in texts)
     rejected = Application.objects.get(pk=rows[1].pk)
@@ -532,9 +623,14 @@ def test_bulk_reject_with_template_and_reason(client: Any, reviewer: Any, second
 def test_bulk_reject_without_reason_changes_nothing(client: Any, reviewer: Any, gated_release: Any) -> None:
     rows = [_apply(f"n{index}@uni-heidelberg.de", gated_release, name=f"None {index}") for index in range(2)]
     login(client, reviewer)
-    response = client.post(reverse("review-bulk"), {
-        "application_ids": [rows[0].pk], "decision": "reject", "next": reverse("review-queue") + "?q=none",
-    })
+    response = client.post(
+        reverse("review-bulk"),
+        {
+            "application_ids": [rows[0].pk],
+            "decision": "reject",
+            "next": reverse("review-queue") + "?q=none",
+        },
+    )
     assert response.status_code == 400
     html = response.content.decode()
     assert f'name="next" value="{reverse("review-queue")}?q=none"' in html  # the filters survive too
@@ -551,9 +647,14 @@ def test_bulk_reject_without_reason_changes_nothing(client: Any, reviewer: Any, 
 
 def test_bulk_ignores_unsafe_next(client: Any, reviewer: Any, application: Any) -> None:
     login(client, reviewer)
-    response = client.post(reverse("review-bulk"), {
-        "application_ids": [application.pk], "decision": "approve", "next": "https://evil.example/",
-    })
+    response = client.post(
+        reverse("review-bulk"),
+        {
+            "application_ids": [application.pk],
+            "decision": "approve",
+            "next": "https://evil.example/",
+        },
+    )
     assert response["Location"] == reverse("review-queue")
 
 
@@ -566,9 +667,14 @@ def test_revoke_from_grants_page_refuses_access_at_once(client: Any, reviewer: A
     login(client, reviewer)
     page = client.get(reverse("review-grants"), {"status": "active"})
     assert f'data-grant="{grant.pk}"' in page.content.decode()
-    response = client.post(reverse("review-grant-revoke", args=[grant.pk]), {
-        "reason": "Shared the weights publicly.", "next": reverse("review-grants"),
-    }, follow=True)
+    response = client.post(
+        reverse("review-grant-revoke", args=[grant.pk]),
+        {
+            "reason": "Shared the weights publicly.",
+            "next": reverse("review-grants"),
+        },
+        follow=True,
+    )
     assert any("is revoked" in text for text in _messages(response))
     decision = release_access_check(user=holder, release=grant.release)
     assert not decision.allowed and decision.reason == "grant_revoked"
@@ -593,7 +699,10 @@ def test_grants_filter_by_release(client: Any, reviewer: Any, grant: Any) -> Non
     factories.make_release(slug="llama-65b", name="LLaMA-65B", gated=True)
     login(client, reviewer)
     assert f'data-grant="{grant.pk}"' in client.get(reverse("review-grants"), {"release": "opt-175b"}).content.decode()
-    assert f'data-grant="{grant.pk}"' not in client.get(reverse("review-grants"), {"release": "llama-65b"}).content.decode()
+    assert (
+        f'data-grant="{grant.pk}"'
+        not in client.get(reverse("review-grants"), {"release": "llama-65b"}).content.decode()
+    )
 
 
 # --- Audit CSV --------------------------------------------------------------------------------
@@ -639,18 +748,22 @@ def test_audit_csv_defuses_spreadsheet_formulas(client: Any, reviewer: Any, gate
     from access.services import application_submit
 
     application_submit(
-        applicant=user, release=gated_release, data=factories.application_input(gated_release),
-        meta=RequestMeta(ip="10.0.0.1", user_agent="=HYPERLINK(\"http://evil.example\")"),
+        applicant=user,
+        release=gated_release,
+        data=factories.application_input(gated_release),
+        meta=RequestMeta(ip="10.0.0.1", user_agent='=HYPERLINK("http://evil.example")'),
     )
     login(client, reviewer)
     rows = _csv_rows(client.get(reverse("review-audit-csv")))
     agents = {row[9] for row in rows[1:] if row[9]}
-    assert agents == {"'=HYPERLINK(\"http://evil.example\")"}
+    assert agents == {'\'=HYPERLINK("http://evil.example")'}
 
 
 def test_a_decision_here_refreshes_the_cached_figures(client: Any, reviewer: Any, application: Any) -> None:
     login(client, reviewer)
     assert 'data-testid="decided-30d">0<' in client.get(reverse("review-queue")).content.decode()
-    _post_action(client, "review-approve", application, expires_on=(timezone.localdate() + timedelta(days=30)).isoformat())
+    _post_action(
+        client, "review-approve", application, expires_on=(timezone.localdate() + timedelta(days=30)).isoformat()
+    )
     html = client.get(reverse("review-queue")).content.decode()
     assert 'data-testid="decided-30d">1<' in html and 'data-testid="pending-count">0<' in html

@@ -85,8 +85,16 @@ def test_seed_catalog_twice_gives_the_same_rows(db: Any) -> None:
     ],
 )
 def test_release_figures_match_the_published_sizes(
-    seeded: None, slug: str, layers: int, heads: int, hidden: int, ffn: int, vocab: int, positions: int,
-    parameters: int, tp: int | None,
+    seeded: None,
+    slug: str,
+    layers: int,
+    heads: int,
+    hidden: int,
+    ffn: int,
+    vocab: int,
+    positions: int,
+    parameters: int,
+    tp: int | None,
 ) -> None:
     release = Release.objects.get(slug=slug)
     assert (release.n_layers, release.n_heads, release.hidden_size, release.ffn_size) == (layers, heads, hidden, ffn)
@@ -105,7 +113,13 @@ def test_opt_350m_summary_explains_its_different_layout(seeded: None) -> None:
 def test_moe_releases_follow_the_glam_pattern(seeded: None) -> None:
     glam = Release.objects.get(slug="glam-moe-1-2t")
     assert (glam.n_experts, glam.experts_per_token, glam.moe_every) == (64, 2, 2)
-    assert (glam.n_layers, glam.n_heads, glam.hidden_size, glam.ffn_size, glam.vocab_size) == (64, 128, 8192, 32768, 256000)
+    assert (glam.n_layers, glam.n_heads, glam.hidden_size, glam.ffn_size, glam.vocab_size) == (
+        64,
+        128,
+        8192,
+        32768,
+        256000,
+    )
     assert glam.parameters == 1_200_000_000_000
     assert glam.active_parameters is not None and 0.07 < glam.active_parameters / glam.parameters < 0.09
     small = Release.objects.get(slug="moe-small")
@@ -120,9 +134,17 @@ def test_moe_small_matches_the_training_stacks_entry(seeded: None) -> None:
 
     cfg = get_config("glam-0.1b-64e")
     small = Release.objects.get(slug="moe-small")
-    assert (small.n_layers, small.n_heads, small.hidden_size, small.ffn_size) == (cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.ffn_dim)
+    assert (small.n_layers, small.n_heads, small.hidden_size, small.ffn_size) == (
+        cfg.n_layer,
+        cfg.n_head,
+        cfg.n_embd,
+        cfg.ffn_dim,
+    )
     assert (small.vocab_size, small.max_positions, small.n_experts, small.moe_every) == (
-        cfg.vocab_size, cfg.max_seq_len, cfg.n_expert, cfg.moe_every
+        cfg.vocab_size,
+        cfg.max_seq_len,
+        cfg.n_expert,
+        cfg.moe_every,
     )
     assert small.parameters == cfg.num_parameters()
     assert small.active_parameters == cfg.num_parameters(active=True)
@@ -135,7 +157,10 @@ def test_dense_releases_match_the_training_stacks_size_table(seeded: None) -> No
     for release in Release.objects.filter(family__slug__in=["opt", "llama"]):
         cfg = get_config(release.slug.replace("-1-3b", "-1.3b").replace("-2-7b", "-2.7b").replace("-6-7b", "-6.7b"))
         assert (release.n_layers, release.n_heads, release.hidden_size, release.ffn_size) == (
-            cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.ffn_dim
+            cfg.n_layer,
+            cfg.n_head,
+            cfg.n_embd,
+            cfg.ffn_dim,
         ), release.slug
 
 
@@ -151,7 +176,9 @@ def test_every_release_has_cards_and_a_current_license(seeded: None) -> None:
 
 def test_model_cards_carry_the_release_dates_and_size_specific_compute(seeded: None) -> None:
     assert {c.release_date.isoformat() for c in ModelCard.objects.filter(release__family__slug="opt")} == {"2022-05-03"}
-    assert {c.release_date.isoformat() for c in ModelCard.objects.filter(release__family__slug="llama")} == {"2023-02-24"}
+    assert {c.release_date.isoformat() for c in ModelCard.objects.filter(release__family__slug="llama")} == {
+        "2023-02-24"
+    }
     assert "992" in ModelCard.objects.get(release__slug="opt-175b").training_compute
     assert "992" not in ModelCard.objects.get(release__slug="opt-13b").training_compute
     assert "1.0T" in ModelCard.objects.get(release__slug="llama-7b").training_compute
@@ -168,7 +195,9 @@ def test_access_tiers_and_licenses(seeded: None) -> None:
     assert set(others.values_list("access_tier", flat=True)) == {AccessTier.GATED}
     assert Release.objects.get(slug="opt-175b").license.slug == "opt-175b-license"
     assert set(opt.exclude(slug="opt-175b").values_list("license__slug", flat=True)) == {"opt-open-license"}
-    assert set(Release.objects.filter(family__slug="llama").values_list("license__slug", flat=True)) == {"llama-license"}
+    assert set(Release.objects.filter(family__slug="llama").values_list("license__slug", flat=True)) == {
+        "llama-license"
+    }
     assert set(Release.objects.filter(family__slug="glam-moe").values_list("license__slug", flat=True)) == {
         "moe-research-license"
     }
@@ -200,8 +229,11 @@ def test_changed_text_updates_rows_in_place(seeded: None, monkeypatch: pytest.Mo
     card = dataclasses.replace(release_data("opt-175b").model_card, limitations="Rewritten limitations.")
     monkeypatch.setattr(catalog_data, "RELEASES", replace_release("opt-175b", summary="New summary.", model_card=card))
     monkeypatch.setattr(
-        catalog_data, "FAMILIES",
-        tuple(dataclasses.replace(f, summary="New OPT summary.") if f.slug == "opt" else f for f in catalog_data.FAMILIES),
+        catalog_data,
+        "FAMILIES",
+        tuple(
+            dataclasses.replace(f, summary="New OPT summary.") if f.slug == "opt" else f for f in catalog_data.FAMILIES
+        ),
     )
     output = seed()
     assert "releases: 1 updated, 14 unchanged" in output
@@ -235,7 +267,8 @@ def test_license_text_changes_in_place_only_while_nobody_accepted_it(
     def with_llama_text(text: str) -> tuple[catalog_data.LicenseData, ...]:
         return tuple(
             dataclasses.replace(lic, versions=(dataclasses.replace(lic.versions[0], text=text),))
-            if lic.slug == "llama-license" else lic
+            if lic.slug == "llama-license"
+            else lic
             for lic in catalog_data.LICENSES
         )
 
@@ -290,9 +323,12 @@ def test_seed_demo_creates_the_personas(db: Any) -> None:
     assert not researcher.is_reviewer and researcher.check_password("researcher-demo-pass")
     second = User.objects.get(email="applicant@demo.local")
     assert second.email_verified and not second.is_reviewer
-    for email, password in [("admin@demo.local", "admin-demo-pass"), ("reviewer@demo.local", "reviewer-demo-pass"),
-                            ("researcher@demo.local", "researcher-demo-pass"),
-                            ("applicant@demo.local", "applicant-demo-pass")]:
+    for email, password in [
+        ("admin@demo.local", "admin-demo-pass"),
+        ("reviewer@demo.local", "reviewer-demo-pass"),
+        ("researcher@demo.local", "researcher-demo-pass"),
+        ("applicant@demo.local", "applicant-demo-pass"),
+    ]:
         assert email in output and password in output
     assert Release.objects.count() == 15  # the catalog came first
 
@@ -301,7 +337,10 @@ def test_seed_demo_creates_one_application_in_each_state(db: Any) -> None:
     seed(command="seed_demo")
     statuses = {a.status: a for a in Application.objects.select_related("applicant", "release")}
     assert set(statuses) == {
-        ApplicationStatus.SUBMITTED, ApplicationStatus.NEEDS_INFO, ApplicationStatus.APPROVED, ApplicationStatus.REJECTED
+        ApplicationStatus.SUBMITTED,
+        ApplicationStatus.NEEDS_INFO,
+        ApplicationStatus.APPROVED,
+        ApplicationStatus.REJECTED,
     }
     approved = statuses[ApplicationStatus.APPROVED]
     grant = Grant.objects.get(application=approved)

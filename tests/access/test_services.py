@@ -45,11 +45,17 @@ def test_full_workflow_creates_grant_and_audit_trail(application: Any, reviewer:
     assert decision.allowed and decision.grant == grant
     actions = list(AuditEvent.objects.filter(application=application).values_list("action", flat=True))
     assert actions == [
-        "application.submit", "application.start_review", "application.request_info",
-        "application.answer", "application.approve", "grant.create",
+        "application.submit",
+        "application.start_review",
+        "application.request_info",
+        "application.answer",
+        "application.approve",
+        "grant.create",
     ]
     first = AuditEvent.objects.get(application=application, action="application.approve")
-    assert first.before["status"] == "in_review" and first.after["status"] == "approved" and first.ip_address == "10.0.0.1"
+    assert (
+        first.before["status"] == "in_review" and first.after["status"] == "approved" and first.ip_address == "10.0.0.1"
+    )
 
 
 def test_second_decision_is_a_conflict(application: Any, reviewer: Any, second_reviewer: Any) -> None:
@@ -70,7 +76,9 @@ def test_stale_version_cannot_decide(application: Any, reviewer: Any, applicant:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_concurrent_decisions_yield_one(applicant: Any, gated_release: Any, reviewer: Any, second_reviewer: Any) -> None:
+def test_concurrent_decisions_yield_one(
+    applicant: Any, gated_release: Any, reviewer: Any, second_reviewer: Any
+) -> None:
     application = factories.make_application(applicant, gated_release)
     barrier = threading.Barrier(2)
     outcomes: list[str] = []
@@ -89,7 +97,10 @@ def test_concurrent_decisions_yield_one(applicant: Any, gated_release: Any, revi
         finally:
             connection.close()
 
-    threads = [threading.Thread(target=decide, args=(reviewer, True)), threading.Thread(target=decide, args=(second_reviewer, False))]
+    threads = [
+        threading.Thread(target=decide, args=(reviewer, True)),
+        threading.Thread(target=decide, args=(second_reviewer, False)),
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -98,7 +109,12 @@ def test_concurrent_decisions_yield_one(applicant: Any, gated_release: Any, revi
     application.refresh_from_db()
     assert application.status in (ApplicationStatus.APPROVED, ApplicationStatus.REJECTED)
     assert Grant.objects.filter(application=application).count() == (1 if application.status == "approved" else 0)
-    assert AuditEvent.objects.filter(application=application, action__in=["application.approve", "application.reject"]).count() == 1
+    assert (
+        AuditEvent.objects.filter(
+            application=application, action__in=["application.approve", "application.reject"]
+        ).count()
+        == 1
+    )
 
 
 def test_one_open_application_per_user_and_release(application: Any, applicant: Any, gated_release: Any) -> None:
@@ -106,7 +122,9 @@ def test_one_open_application_per_user_and_release(application: Any, applicant: 
         factories.make_application(applicant, gated_release)
 
 
-def test_reapply_after_rejection_waits_for_cooldown(application: Any, reviewer: Any, applicant: Any, gated_release: Any, settings: Any) -> None:
+def test_reapply_after_rejection_waits_for_cooldown(
+    application: Any, reviewer: Any, applicant: Any, gated_release: Any, settings: Any
+) -> None:
     settings.REAPPLY_COOLDOWN_DAYS = 14
     application_reject(application=application, reviewer=reviewer, reason="Not enough detail.", meta=META)
     with pytest.raises(NotAllowed, match="apply again from"):
@@ -124,7 +142,11 @@ def test_unverified_email_cannot_apply(gated_release: Any) -> None:
 def test_field_errors_are_reported_together(applicant: Any, gated_release: Any) -> None:
     with pytest.raises(InvalidInput) as info:
         factories.make_application(
-            applicant, gated_release, research_purpose="too short", country="XX", publications=["not a link"],
+            applicant,
+            gated_release,
+            research_purpose="too short",
+            country="XX",
+            publications=["not a link"],
             non_commercial_attested=False,
         )
     errors = info.value.errors  # type: ignore[attr-defined]
@@ -150,28 +172,43 @@ def test_revocation_applies_to_the_next_check(application: Any, reviewer: Any, a
 
 def test_expired_grant_is_refused(application: Any, reviewer: Any, applicant: Any) -> None:
     grant = application_approve(application=application, reviewer=reviewer, meta=META)
-    Grant.objects.filter(pk=grant.pk).update(starts_at=timezone.now() - timedelta(days=400), expires_at=timezone.now() - timedelta(seconds=1))
+    Grant.objects.filter(pk=grant.pk).update(
+        starts_at=timezone.now() - timedelta(days=400), expires_at=timezone.now() - timedelta(seconds=1)
+    )
     assert release_access_check(user=applicant, release=application.release).reason == "grant_expired"
 
 
 def test_new_license_version_requires_reacceptance(application: Any, reviewer: Any, applicant: Any) -> None:
     release = application.release
     application_approve(application=application, reviewer=reviewer, meta=META)
-    LicenseVersion.objects.create(license=release.license, version="2.0", text="New terms.", published_at=timezone.now() + timedelta(seconds=1))
+    LicenseVersion.objects.create(
+        license=release.license, version="2.0", text="New terms.", published_at=timezone.now() + timedelta(seconds=1)
+    )
     assert release_access_check(user=applicant, release=release).reason == "license_changed"
     with pytest.raises(Conflict, match="changed while you were reading"):
-        license_accept(user=applicant, release=release, license_version_id=release.license.versions.get(version="1.0").pk, meta=META)
+        license_accept(
+            user=applicant,
+            release=release,
+            license_version_id=release.license.versions.get(version="1.0").pk,
+            meta=META,
+        )
     license_accept(user=applicant, release=release, license_version_id=release.license.current_version.pk, meta=META)
     assert release_access_check(user=applicant, release=release).allowed
 
 
 def test_renewal_extends_the_grant(application: Any, reviewer: Any, applicant: Any, settings: Any) -> None:
-    grant = application_approve(application=application, reviewer=reviewer, meta=META, expires_at=timezone.now() + timedelta(days=400))
+    grant = application_approve(
+        application=application, reviewer=reviewer, meta=META, expires_at=timezone.now() + timedelta(days=400)
+    )
     with pytest.raises(NotAllowed, match="Renewal opens"):
-        grant_request_renewal(grant=grant, user=applicant, meta=META, license_version_id=application.release.license.current_version.pk)
+        grant_request_renewal(
+            grant=grant, user=applicant, meta=META, license_version_id=application.release.license.current_version.pk
+        )
     Grant.objects.filter(pk=grant.pk).update(expires_at=timezone.now() + timedelta(days=5))
     grant.refresh_from_db()
-    renewal = grant_request_renewal(grant=grant, user=applicant, meta=META, license_version_id=application.release.license.current_version.pk)
+    renewal = grant_request_renewal(
+        grant=grant, user=applicant, meta=META, license_version_id=application.release.license.current_version.pk
+    )
     assert renewal.renewal_of == grant and renewal.status == ApplicationStatus.SUBMITTED
     renewed = application_approve(application=renewal, reviewer=reviewer, meta=META)
     assert renewed.pk == grant.pk
@@ -182,7 +219,9 @@ def test_withdraw_and_bulk(applicant: Any, other_applicant: Any, gated_release: 
     first = factories.make_application(applicant, gated_release)
     second = factories.make_application(other_applicant, gated_release)
     application_withdraw(application=first, applicant=applicant, meta=META)
-    result = applications_bulk_decide(application_ids=[first.pk, second.pk, 99999], reviewer=reviewer, decision="approve", meta=META)
+    result = applications_bulk_decide(
+        application_ids=[first.pk, second.pk, 99999], reviewer=reviewer, decision="approve", meta=META
+    )
     assert result.decided == [second.pk]
     assert set(result.conflicts) == {first.pk, 99999}
 
@@ -192,7 +231,9 @@ def test_non_reviewer_cannot_decide(application: Any, other_applicant: Any) -> N
         application_approve(application=application, reviewer=other_applicant, meta=META)
 
 
-def test_every_transition_notifies_the_applicant(application: Any, reviewer: Any, applicant: Any, django_capture_on_commit_callbacks: Any) -> None:
+def test_every_transition_notifies_the_applicant(
+    application: Any, reviewer: Any, applicant: Any, django_capture_on_commit_callbacks: Any
+) -> None:
     with django_capture_on_commit_callbacks(execute=True):
         application_request_info(application=application, reviewer=reviewer, message="Q?", meta=META)
         application_answer(application=application, applicant=applicant, message="A.", meta=META)

@@ -57,8 +57,9 @@ def moto_endpoint(tmp_path_factory: Any) -> Iterator[str]:
 def s3_client(endpoint: str) -> Any:
     import boto3
 
-    return boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=MOTO_KEY, aws_secret_access_key=MOTO_KEY,
-                        region_name="us-east-1")
+    return boto3.client(
+        "s3", endpoint_url=endpoint, aws_access_key_id=MOTO_KEY, aws_secret_access_key=MOTO_KEY, region_name="us-east-1"
+    )
 
 
 def use_s3(settings: Any, endpoint: str, bucket: str | None = None) -> str:
@@ -105,14 +106,21 @@ HF_FILES = {
 }
 
 
-def make_checkpoint(release: Any, tmp_path: Path, files: dict[str, bytes] | None = None, *,
-                    variant: str = "hf", checksums: str | None = None) -> Any:
+def make_checkpoint(
+    release: Any,
+    tmp_path: Path,
+    files: dict[str, bytes] | None = None,
+    *,
+    variant: str = "hf",
+    checksums: str | None = None,
+) -> Any:
     """Import through the service and verify in-process; returns the checkpoint (refreshed)."""
     from artifacts import services
 
     source = write_tree(tmp_path / f"src-{release.slug}-{variant}", files or HF_FILES)
-    result = services.checkpoint_import(release=release, source_uri=str(source), variant=variant,
-                                        checksums_text=checksums, enqueue=False)
+    result = services.checkpoint_import(
+        release=release, source_uri=str(source), variant=variant, checksums_text=checksums, enqueue=False
+    )
     job = services.verification_enqueue(checkpoint=result.checkpoint, dispatch=False)
     services.verification_run(job_id=job.pk, workers=2)
     result.checkpoint.refresh_from_db()
@@ -122,8 +130,12 @@ def make_checkpoint(release: Any, tmp_path: Path, files: dict[str, bytes] | None
 def accept_license(user: Any, release: Any) -> None:
     from access.services import RequestMeta, license_accept
 
-    license_accept(user=user, release=release, license_version_id=release.license.current_version.pk,
-                   meta=RequestMeta(ip="127.0.0.1", user_agent="pytest"))
+    license_accept(
+        user=user,
+        release=release,
+        license_version_id=release.license.current_version.pk,
+        meta=RequestMeta(ip="127.0.0.1", user_agent="pytest"),
+    )
 
 
 def grant_access(user: Any, release: Any, reviewer: Any) -> Any:

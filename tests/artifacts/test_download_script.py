@@ -18,15 +18,21 @@ from artifacts import services
 from tests import factories
 from tests.artifacts.conftest import HF_FILES, grant_access, make_checkpoint
 
-pytestmark = [pytest.mark.django_db(transaction=True),
-              pytest.mark.skipif(not (shutil.which("bash") and shutil.which("curl")), reason="needs bash and curl")]
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.skipif(not (shutil.which("bash") and shutil.which("curl")), reason="needs bash and curl"),
+]
 
 
 def script_for(live_server: Any, user: Any, checkpoint: Any, *, now: Any = None) -> str:
     bundle = services.links_issue(
-        user=user, checkpoint=checkpoint, base_url=live_server.url,
+        user=user,
+        checkpoint=checkpoint,
+        base_url=live_server.url,
         link_url=lambda token: reverse("download-file", args=[token]),
-        renewal_url=reverse("downloads-renew", args=[checkpoint.pk]), meta=services.SYSTEM, now=now,
+        renewal_url=reverse("downloads-renew", args=[checkpoint.pk]),
+        meta=services.SYSTEM,
+        now=now,
     )
     return bundle.download_script()
 
@@ -43,8 +49,13 @@ def setup(live_server: Any, tmp_path: Path) -> tuple[Any, Any]:
 def run(script: str, target: Path) -> subprocess.CompletedProcess[str]:
     path = target.parent / "download.sh"
     path.write_text(script)
-    return subprocess.run(["bash", str(path), str(target)], capture_output=True, text=True, timeout=120,
-                          env={"PATH": "/usr/bin:/bin", "PARALLEL": "3"})
+    return subprocess.run(
+        ["bash", str(path), str(target)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": "/usr/bin:/bin", "PARALLEL": "3"},
+    )
 
 
 def test_download_script_fetches_resumes_and_verifies(live_server: Any, setup: Any, tmp_path: Path) -> None:

@@ -77,12 +77,13 @@ def test_full_download_on_both_backends(backend: str, holder: Any, gated_checkpo
     assert AuditEvent.objects.filter(action="download.serve", target_id=str(event.file_id)).exists()
 
 
-@pytest.mark.parametrize("header, start, end", [("bytes=10-19", 10, 19), ("bytes=100000-", 100000, None),
-                                                ("bytes=-7", len(BLOB) - 7, None)])
+@pytest.mark.parametrize(
+    "header, start, end", [("bytes=10-19", 10, 19), ("bytes=100000-", 100000, None), ("bytes=-7", len(BLOB) - 7, None)]
+)
 def test_single_ranges(backend: str, holder: Any, gated_checkpoint: Any, header: str, start: int, end: Any) -> None:
     url = links(holder, gated_checkpoint)["model.safetensors"]
     response, body = fetch(holder, url, HTTP_RANGE=header)
-    expected = BLOB[start:None if end is None else end + 1]
+    expected = BLOB[start : None if end is None else end + 1]
     assert body == expected
     if backend == "local":
         assert response.status_code == 206
@@ -113,11 +114,13 @@ def test_tampered_link_is_403(backend: str, holder: Any, gated_checkpoint: Any) 
     assert not DownloadEvent.objects.exists()
 
 
-def test_expired_link_is_410_with_renewal_url(backend: str, holder: Any, applicant: Any, gated_checkpoint: Any,
-                                              holder_grant: Any) -> None:
+def test_expired_link_is_410_with_renewal_url(
+    backend: str, holder: Any, applicant: Any, gated_checkpoint: Any, holder_grant: Any
+) -> None:
     row = gated_checkpoint.files.get(path="model.safetensors")
-    token, _ = sign_link(file_id=row.pk, user_id=applicant.pk, grant_id=holder_grant.pk,
-                         now=timezone.now() - timedelta(hours=25))
+    token, _ = sign_link(
+        file_id=row.pk, user_id=applicant.pk, grant_id=holder_grant.pk, now=timezone.now() - timedelta(hours=25)
+    )
     body = refused(holder, f"/d/{token}", 410, "link_expired")
     assert body["renewal_url"].endswith(reverse("downloads-renew", args=[gated_checkpoint.pk]))
     html = holder.get(f"/d/{token}").content.decode()
@@ -129,16 +132,18 @@ def test_expired_link_is_410_with_renewal_url(backend: str, holder: Any, applica
     assert fetch(holder, fresh)[1] == BLOB
 
 
-def test_revocation_applies_to_links_already_issued(backend: str, holder: Any, gated_checkpoint: Any,
-                                                    holder_grant: Any, reviewer: Any) -> None:
+def test_revocation_applies_to_links_already_issued(
+    backend: str, holder: Any, gated_checkpoint: Any, holder_grant: Any, reviewer: Any
+) -> None:
     url = links(holder, gated_checkpoint)["model.safetensors"]
     grant_revoke(grant=holder_grant, actor=reviewer, reason="Terms breached.", meta=RequestMeta())
     refused(holder, url, 403, "grant_revoked")
     assert not DownloadEvent.objects.exists()
 
 
-def test_link_bound_to_an_older_grant_fails(backend: str, holder: Any, applicant: Any, gated_checkpoint: Any,
-                                            holder_grant: Any, reviewer: Any, settings: Any) -> None:
+def test_link_bound_to_an_older_grant_fails(
+    backend: str, holder: Any, applicant: Any, gated_checkpoint: Any, holder_grant: Any, reviewer: Any, settings: Any
+) -> None:
     url = links(holder, gated_checkpoint)["model.safetensors"]
     grant_revoke(grant=holder_grant, actor=reviewer, reason="Re-issued.", meta=RequestMeta())
     settings.REAPPLY_COOLDOWN_DAYS = 0
@@ -147,15 +152,16 @@ def test_link_bound_to_an_older_grant_fails(backend: str, holder: Any, applicant
     assert fetch(holder, links(holder, gated_checkpoint)["model.safetensors"])[1] == BLOB
 
 
-def test_quota_counts_bytes_and_refuses_with_429(backend: str, holder: Any, gated_checkpoint: Any,
-                                                 settings: Any) -> None:
+def test_quota_counts_bytes_and_refuses_with_429(
+    backend: str, holder: Any, gated_checkpoint: Any, settings: Any
+) -> None:
     settings.ARTIFACTS_DOWNLOAD_QUOTA = 2
     url = links(holder, gated_checkpoint)["model.safetensors"]
     half = len(BLOB) // 2
     # Ranges count bytes, not requests: four half-file ranges are two complete downloads.
     for start in (0, half, 0, half):
         _, body = fetch(holder, url, HTTP_RANGE=f"bytes={start}-{start + half - 1}")
-        assert body == BLOB[start:start + half]
+        assert body == BLOB[start : start + half]
     refused(holder, url, 429, "quota_exhausted")
     refused(holder, url, 429, "quota_exhausted", HTTP_RANGE="bytes=0-0")
     # Other files have their own quota.
@@ -172,8 +178,9 @@ def test_bad_range_is_416(backend: str, holder: Any, gated_checkpoint: Any) -> N
     assert not DownloadEvent.objects.exists()
 
 
-def test_wrong_user(backend: str, client: Any, applicant: Any, other_applicant: Any, gated_checkpoint: Any,
-                    holder_grant: Any) -> None:
+def test_wrong_user(
+    backend: str, client: Any, applicant: Any, other_applicant: Any, gated_checkpoint: Any, holder_grant: Any
+) -> None:
     url = links(login(client, applicant), gated_checkpoint)["model.safetensors"]
     login(client, other_applicant)
     refused(client, url, 403, "wrong_user")
@@ -195,7 +202,9 @@ def test_quarantined_and_retired_checkpoints_are_never_served(backend: str, hold
 # --- Open releases ----------------------------------------------------------------------------
 
 
-def test_open_release_needs_the_license_accepted(client: Any, applicant: Any, open_release: Any, tmp_path: Path) -> None:
+def test_open_release_needs_the_license_accepted(
+    client: Any, applicant: Any, open_release: Any, tmp_path: Path
+) -> None:
     checkpoint = make_checkpoint(open_release, tmp_path)
     login(client, applicant)
     assert client.get(reverse("downloads-checkpoint", args=[checkpoint.pk])).status_code == 403
@@ -211,8 +220,9 @@ def test_open_release_needs_the_license_accepted(client: Any, applicant: Any, op
 # --- Resume, conditional requests, X-Accel ----------------------------------------------------
 
 
-def test_interrupted_download_resumes_byte_identical(holder: Any, gated_checkpoint: Any, tmp_path: Path,
-                                                     settings: Any, monkeypatch: Any) -> None:
+def test_interrupted_download_resumes_byte_identical(
+    holder: Any, gated_checkpoint: Any, tmp_path: Path, settings: Any, monkeypatch: Any
+) -> None:
     from artifacts import serving
 
     monkeypatch.setattr(serving._FileResponse, "block_size", 16384)

@@ -30,8 +30,9 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def test_import_local_detects_format_and_verifies(backend: str, gated_release: Any, tmp_path: Path,
-                                                  django_capture_on_commit_callbacks: Any) -> None:
+def test_import_local_detects_format_and_verifies(
+    backend: str, gated_release: Any, tmp_path: Path, django_capture_on_commit_callbacks: Any
+) -> None:
     source = write_tree(tmp_path / "src", SHARDS)
     with django_capture_on_commit_callbacks(execute=True):
         result = services.checkpoint_import(release=gated_release, source_uri=str(source))
@@ -54,8 +55,9 @@ def test_import_from_s3_uri(gated_release: Any, tmp_path: Path, settings: Any, m
     for name, data in HF_FILES.items():
         client.put_object(Bucket=bucket, Key=f"incoming/opt/{name}", Body=data)
     client.put_object(Bucket=bucket, Key="incoming/other/x.bin", Body=b"not ours")
-    checkpoint = services.checkpoint_import(release=gated_release, source_uri=f"s3://{bucket}/incoming/opt",
-                                            enqueue=False).checkpoint
+    checkpoint = services.checkpoint_import(
+        release=gated_release, source_uri=f"s3://{bucket}/incoming/opt", enqueue=False
+    ).checkpoint
     assert checkpoint.format == "hf" and checkpoint.dtype == "float32"
     assert set(checkpoint.files.values_list("path", flat=True)) == set(HF_FILES)
     job = services.verification_enqueue(checkpoint=checkpoint, dispatch=False)
@@ -66,8 +68,9 @@ def test_import_from_s3_uri(gated_release: Any, tmp_path: Path, settings: Any, m
     assert body == HF_FILES["model.safetensors"]
 
 
-def test_import_from_local_into_s3_then_flip_is_caught(gated_release: Any, tmp_path: Path, settings: Any,
-                                                        moto_endpoint: str) -> None:
+def test_import_from_local_into_s3_then_flip_is_caught(
+    gated_release: Any, tmp_path: Path, settings: Any, moto_endpoint: str
+) -> None:
     bucket = use_s3(settings, moto_endpoint)
     checkpoint = make_checkpoint(gated_release, tmp_path)
     assert checkpoint.state == CheckpointState.READY
@@ -82,8 +85,9 @@ def test_import_from_local_into_s3_then_flip_is_caught(gated_release: Any, tmp_p
     assert [b["path"] for b in VerificationJob.objects.get(pk=job.pk).report["bad_files"]] == ["model.safetensors"]
 
 
-def test_one_flipped_byte_quarantines_and_nothing_is_served(gated_release: Any, tmp_path: Path, client: Any,
-                                                            applicant: Any, holder_grant: Any) -> None:
+def test_one_flipped_byte_quarantines_and_nothing_is_served(
+    gated_release: Any, tmp_path: Path, client: Any, applicant: Any, holder_grant: Any
+) -> None:
     checkpoint = make_checkpoint(gated_release, tmp_path)
     client.force_login(applicant)
     manifest = client.post(f"/api/v1/checkpoints/{checkpoint.pk}/links/").json()
@@ -111,9 +115,11 @@ def test_one_flipped_byte_quarantines_and_nothing_is_served(gated_release: Any, 
 
 @pytest.mark.parametrize("kind", ["opt-csv", "sha256sum", "md5sum"])
 def test_published_lists_and_mismatch(kind: str, gated_release: Any, tmp_path: Path) -> None:
-    good = {"opt-csv": "shard,md5sum\n" + "".join(f"{n},{md5(d)}\n" for n, d in SHARDS.items()),
-            "sha256sum": "".join(f"{sha(d)}  {n}\n" for n, d in SHARDS.items()),
-            "md5sum": "".join(f"{md5(d)}  {n}\n" for n, d in SHARDS.items())}[kind]
+    good = {
+        "opt-csv": "shard,md5sum\n" + "".join(f"{n},{md5(d)}\n" for n, d in SHARDS.items()),
+        "sha256sum": "".join(f"{sha(d)}  {n}\n" for n, d in SHARDS.items()),
+        "md5sum": "".join(f"{md5(d)}  {n}\n" for n, d in SHARDS.items()),
+    }[kind]
     checkpoint = make_checkpoint(gated_release, tmp_path, SHARDS, variant="good", checksums=good)
     assert checkpoint.state == CheckpointState.READY
     assert checkpoint.published_checksums["kind"] == kind
@@ -155,8 +161,9 @@ def test_verification_rerun_is_safe(gated_release: Any, tmp_path: Path, reviewer
     checkpoint.refresh_from_db()
     assert checkpoint.state == CheckpointState.READY
     # Re-importing the unchanged directory is a no-op too.
-    result = services.checkpoint_import(release=gated_release, source_uri=str(tmp_path / "src-opt-175b-hf"),
-                                        variant="hf")
+    result = services.checkpoint_import(
+        release=gated_release, source_uri=str(tmp_path / "src-opt-175b-hf"), variant="hf"
+    )
     assert result.unchanged and result.job is None and checkpoint.verification_jobs.count() == 2
 
 
@@ -167,8 +174,9 @@ def test_stale_running_job_is_reaped(gated_release: Any, tmp_path: Path) -> None
 
     checkpoint = make_checkpoint(gated_release, tmp_path)
     job = services.verification_enqueue(checkpoint=checkpoint, dispatch=False)
-    VerificationJob.objects.filter(pk=job.pk).update(status=JobStatus.RUNNING,
-                                                     heartbeat_at=timezone.now() - timedelta(hours=2))
+    VerificationJob.objects.filter(pk=job.pk).update(
+        status=JobStatus.RUNNING, heartbeat_at=timezone.now() - timedelta(hours=2)
+    )
     Checkpoint.objects.filter(pk=checkpoint.pk).update(state=CheckpointState.VERIFYING)
     assert services.verifications_reap_stale() == 1
     checkpoint.refresh_from_db()
@@ -196,8 +204,9 @@ def test_import_refuses_bad_sources(gated_release: Any, uri: str) -> None:
         services.checkpoint_import(release=gated_release, source_uri=uri)
 
 
-def test_import_refuses_traversal_in_s3_prefix_and_variant(gated_release: Any, tmp_path: Path, settings: Any,
-                                                           moto_endpoint: str) -> None:
+def test_import_refuses_traversal_in_s3_prefix_and_variant(
+    gated_release: Any, tmp_path: Path, settings: Any, moto_endpoint: str
+) -> None:
     bucket = use_s3(settings, moto_endpoint)
     with pytest.raises(InvalidInput, match="'..'"):
         services.checkpoint_import(release=gated_release, source_uri=f"s3://{bucket}/a/../../etc")
@@ -232,8 +241,17 @@ def test_command_with_checksums_file(gated_release: Any, tmp_path: Path) -> None
     listing = tmp_path / "md5.csv"
     listing.write_text("shard,md5sum\n" + "".join(f"{n},{'0' * 32}\n" for n in SHARDS))
     out = io.StringIO()
-    call_command("import_checkpoint", "opt-175b", str(source), "--checksums", str(listing), "--variant", "fsdp",
-                 "--sync", stdout=out)
+    call_command(
+        "import_checkpoint",
+        "opt-175b",
+        str(source),
+        "--checksums",
+        str(listing),
+        "--variant",
+        "fsdp",
+        "--sync",
+        stdout=out,
+    )
     assert "quarantined" in out.getvalue() and "bad: checkpoint_last-model_part-0-shard0.pt" in out.getvalue()
     with pytest.raises(CommandError, match="No release"):
         call_command("import_checkpoint", "no-such-release", str(source))

@@ -30,15 +30,24 @@ def test_opt_csv() -> None:
 
 def test_sha256sum_and_md5sum_output() -> None:
     assert parse_published_sums(f"{SHA}  model.safetensors\n{SHA} *./config.json\n").sha256 == {
-        "model.safetensors": SHA, "config.json": SHA}
+        "model.safetensors": SHA,
+        "config.json": SHA,
+    }
     assert parse_published_sums(f"{MD5}  a.pt\n").kind == "md5sum"
 
 
-@pytest.mark.parametrize("text, words", [
-    ("", "empty"), (f"{SHA}  ../etc/passwd\n", "'..'"), (f"{SHA}  /etc/passwd\n", "absolute"),
-    (f"{SHA}  a\n{MD5}  b\n", "mixes"), ("not a sum line\n", "Line 1"), ("shard,md5sum\na.pt,xyz\n", "Line 2"),
-    (f"shard,md5sum\n../a.pt,{MD5}\n", "'..'"),
-])
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("", "empty"),
+        (f"{SHA}  ../etc/passwd\n", "'..'"),
+        (f"{SHA}  /etc/passwd\n", "absolute"),
+        (f"{SHA}  a\n{MD5}  b\n", "mixes"),
+        ("not a sum line\n", "Line 1"),
+        ("shard,md5sum\na.pt,xyz\n", "Line 2"),
+        (f"shard,md5sum\n../a.pt,{MD5}\n", "'..'"),
+    ],
+)
 def test_bad_lists_name_the_problem(text: str, words: str) -> None:
     with pytest.raises(ChecksumListError, match=words):
         parse_published_sums(text)
@@ -50,12 +59,15 @@ def test_published_names_match_by_basename() -> None:
     assert matches == {"sub/part-0.pt": {"md5": MD5}} and missing == ["gone.pt"]
 
 
-@pytest.mark.parametrize("names, fmt", [
-    (["checkpoint_last-model_part-0-shard0.pt", "checkpoint_last-model_part-1-shard0.pt"], "metaseq-fsdp"),
-    (["reshard-model_part-0.pt", "reshard-model_part-1.pt"], "metaseq"),
-    (["config.json", "model-00001-of-00002.safetensors"], "hf"),
-    (["config.json", "pytorch_model.bin"], "hf"),
-])
+@pytest.mark.parametrize(
+    "names, fmt",
+    [
+        (["checkpoint_last-model_part-0-shard0.pt", "checkpoint_last-model_part-1-shard0.pt"], "metaseq-fsdp"),
+        (["reshard-model_part-0.pt", "reshard-model_part-1.pt"], "metaseq"),
+        (["config.json", "model-00001-of-00002.safetensors"], "hf"),
+        (["config.json", "pytorch_model.bin"], "hf"),
+    ],
+)
 def test_detect_format(names: list[str], fmt: str) -> None:
     assert detect_format(names) == fmt
 
@@ -68,10 +80,18 @@ def test_native_needs_the_marker() -> None:
         detect_format(["weights.npz"])
 
 
-@pytest.mark.parametrize("header, expected", [
-    ("bytes=0-9", ByteRange(0, 9)), ("bytes=5-", ByteRange(5, 99)), ("bytes=-10", ByteRange(90, 99)),
-    ("bytes=-1000", ByteRange(0, 99)), ("bytes=90-1000", ByteRange(90, 99)), (None, None), ("items=0-1", None),
-])
+@pytest.mark.parametrize(
+    "header, expected",
+    [
+        ("bytes=0-9", ByteRange(0, 9)),
+        ("bytes=5-", ByteRange(5, 99)),
+        ("bytes=-10", ByteRange(90, 99)),
+        ("bytes=-1000", ByteRange(0, 99)),
+        ("bytes=90-1000", ByteRange(90, 99)),
+        (None, None),
+        ("items=0-1", None),
+    ],
+)
 def test_parse_range(header: str | None, expected: ByteRange | None) -> None:
     assert parse_range(header, 100) == expected
 

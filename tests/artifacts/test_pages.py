@@ -15,15 +15,27 @@ from tests.conftest import login
 
 pytestmark = pytest.mark.django_db
 
-USER_PAGES = ["downloads-checkpoint", "downloads-renew", "downloads-sha256sums", "downloads-md5sums",
-              "downloads-manifest", "downloads-script"]
-API = ["artifacts-api:checkpoint", "artifacts-api:bundle-manifest", "artifacts-api:bundle-sha256sums",
-       "artifacts-api:bundle-md5sums", "artifacts-api:bundle-script"]
+USER_PAGES = [
+    "downloads-checkpoint",
+    "downloads-renew",
+    "downloads-sha256sums",
+    "downloads-md5sums",
+    "downloads-manifest",
+    "downloads-script",
+]
+API = [
+    "artifacts-api:checkpoint",
+    "artifacts-api:bundle-manifest",
+    "artifacts-api:bundle-sha256sums",
+    "artifacts-api:bundle-md5sums",
+    "artifacts-api:bundle-script",
+]
 OPERATOR_PAGES = ["checkpoint-detail", "checkpoint-progress"]
 
 
-def test_outsider_gets_403_or_404_everywhere(client: Any, other_applicant: Any, gated_checkpoint: Any,
-                                             holder_grant: Any) -> None:
+def test_outsider_gets_403_or_404_everywhere(
+    client: Any, other_applicant: Any, gated_checkpoint: Any, holder_grant: Any
+) -> None:
     pk = gated_checkpoint.pk
     # Anonymous: pages send to sign-in, the API answers 401/403.
     for name in USER_PAGES + ["downloads"]:
@@ -54,8 +66,16 @@ def test_outsider_gets_403_or_404_everywhere(client: Any, other_applicant: Any, 
     assert holder_grant.status == GrantStatus.ACTIVE
 
 
-def test_unknown_and_foreign_ids(client: Any, applicant: Any, other_applicant: Any, gated_checkpoint: Any,
-                                 holder_grant: Any, open_release: Any, tmp_path: Any, reviewer: Any) -> None:
+def test_unknown_and_foreign_ids(
+    client: Any,
+    applicant: Any,
+    other_applicant: Any,
+    gated_checkpoint: Any,
+    holder_grant: Any,
+    open_release: Any,
+    tmp_path: Any,
+    reviewer: Any,
+) -> None:
     from tests.artifacts.conftest import make_checkpoint
 
     open_checkpoint = make_checkpoint(open_release, tmp_path)
@@ -107,7 +127,9 @@ def test_operator_pages(client: Any, reviewer: Any, applicant: Any, gated_checkp
     assert DownloadEvent.objects.count() == 3
 
 
-def test_verify_again_button(client: Any, admin: Any, gated_checkpoint: Any, django_capture_on_commit_callbacks: Any) -> None:
+def test_verify_again_button(
+    client: Any, admin: Any, gated_checkpoint: Any, django_capture_on_commit_callbacks: Any
+) -> None:
     login(client, admin)
     with django_capture_on_commit_callbacks(execute=True):
         response = client.post(reverse("checkpoint-verify", args=[gated_checkpoint.pk]))
@@ -120,6 +142,9 @@ def test_verify_again_button(client: Any, admin: Any, gated_checkpoint: Any, dja
 def test_schema_lists_the_download_api(client: Any, applicant: Any) -> None:
     login(client, applicant)
     schema = client.get("/api/schema/", HTTP_ACCEPT="application/json").json()
-    for path in ("/api/v1/checkpoints/", "/api/v1/checkpoints/{checkpoint_id}/links/",
-                 "/api/v1/checkpoints/{checkpoint_id}/bundle/download-sh/"):
+    for path in (
+        "/api/v1/checkpoints/",
+        "/api/v1/checkpoints/{checkpoint_id}/links/",
+        "/api/v1/checkpoints/{checkpoint_id}/bundle/download-sh/",
+    ):
         assert path in schema["paths"]

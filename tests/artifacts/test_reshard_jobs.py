@@ -53,8 +53,9 @@ def _reshard_settings(settings: Any, tmp_path: Path) -> None:
 
 
 def import_ready(release: Any, folder: Path, variant: str = "hf-tiny") -> Checkpoint:
-    result = services.checkpoint_import(release=release, source_uri=str(folder), fmt="hf", variant=variant,
-                                        label="tiny random OPT", enqueue=False)
+    result = services.checkpoint_import(
+        release=release, source_uri=str(folder), fmt="hf", variant=variant, label="tiny random OPT", enqueue=False
+    )
     job = services.verification_enqueue(checkpoint=result.checkpoint, dispatch=False)
     services.verification_run(job_id=job.pk, workers=1)
     result.checkpoint.refresh_from_db()
@@ -89,14 +90,23 @@ def stored_sums(checkpoint: Checkpoint) -> dict[str, str]:
 
 @pytest.mark.django_db
 def test_conversion_registers_a_verified_checkpoint_of_the_same_release(
-    backend: str, gated_release: Any, reviewer: Any, applicant: Any, other_applicant: Any, tiny_opt: Path,
-    tmp_path: Path, settings: Any, client: Any, django_capture_on_commit_callbacks: Any,
+    backend: str,
+    gated_release: Any,
+    reviewer: Any,
+    applicant: Any,
+    other_applicant: Any,
+    tiny_opt: Path,
+    tmp_path: Path,
+    settings: Any,
+    client: Any,
+    django_capture_on_commit_callbacks: Any,
 ) -> None:
     settings.ARTIFACTS_RESHARD_NUMERICS_MAX_BYTES = 1 << 30  # tiny: compare logits with the source too
     source = import_ready(gated_release, tiny_opt)
     with django_capture_on_commit_callbacks(execute=True):
-        outcome = reshard_jobs.reshard_job_create(checkpoint=source, to="native", tp=2, dtype="fp16", actor=reviewer,
-                                                  meta=META)
+        outcome = reshard_jobs.reshard_job_create(
+            checkpoint=source, to="native", tp=2, dtype="fp16", actor=reviewer, meta=META
+        )
     assert outcome.created
     job = ReshardJob.objects.get(pk=outcome.job.pk)
     assert job.status == ReshardStatus.SUCCEEDED, job.error_message
@@ -109,8 +119,12 @@ def test_conversion_registers_a_verified_checkpoint_of_the_same_release(
     assert output is not None and output.state == CheckpointState.READY
     assert output.release == gated_release and output.derived_from == source
     assert output.produced_by_job == {"kind": "reshard", "id": job.pk}
-    assert (output.variant, output.format, output.tp_size, output.dtype) == ("hf-tiny-native-tp2-fp16", "native", 2,
-                                                                             "float16")
+    assert (output.variant, output.format, output.tp_size, output.dtype) == (
+        "hf-tiny-native-tp2-fp16",
+        "native",
+        2,
+        "float16",
+    )
     expected = direct_sums(tiny_opt, tmp_path / "by-hand", checkpoint=source, to="native", tp=2, dtype="fp16")
     registered = {row.path: row.sha256 for row in output.files.all()}
     assert registered == expected
@@ -122,20 +136,32 @@ def test_conversion_registers_a_verified_checkpoint_of_the_same_release(
 
     # Same access rules as its release: the grant holder downloads it, an outsider does not.
     grant_access(applicant, gated_release, reviewer)
-    bundle = services.links_issue(user=applicant, checkpoint=output, base_url="http://testserver",
-                                  link_url=lambda token: reverse("download-file", args=[token]),
-                                  renewal_url="/renew", meta=META)
+    bundle = services.links_issue(
+        user=applicant,
+        checkpoint=output,
+        base_url="http://testserver",
+        link_url=lambda token: reverse("download-file", args=[token]),
+        renewal_url="/renew",
+        meta=META,
+    )
     assert {link.file.path for link in bundle.links} == set(expected)
     weights = next(link for link in bundle.links if link.file.path.endswith("00001-of-00002.safetensors"))
-    redemption = services.download_redeem(token=weights.url.rsplit("/", 1)[-1], request_user=applicant, meta=META,
-                                          renewal_url_for=lambda pk: "/renew")
+    redemption = services.download_redeem(
+        token=weights.url.rsplit("/", 1)[-1], request_user=applicant, meta=META, renewal_url_for=lambda pk: "/renew"
+    )
     if backend == "local":
         assert hashlib.sha256(redemption.local_path.read_bytes()).hexdigest() == expected[weights.file.path]
     else:
         assert redemption.redirect_url
     with pytest.raises(NotAllowed):
-        services.links_issue(user=other_applicant, checkpoint=output, base_url="http://testserver",
-                             link_url=lambda token: f"/d/{token}", renewal_url="/renew", meta=META)
+        services.links_issue(
+            user=other_applicant,
+            checkpoint=output,
+            base_url="http://testserver",
+            link_url=lambda token: f"/d/{token}",
+            renewal_url="/renew",
+            meta=META,
+        )
     login(client, other_applicant)
     assert client.get(reverse("downloads-checkpoint", args=[output.pk])).status_code == 403
 
@@ -152,8 +178,9 @@ def test_conversion_registers_a_verified_checkpoint_of_the_same_release(
 def test_hf_to_hf_dtype_change_and_metaseq(gated_release: Any, reviewer: Any, tiny_opt: Path, tmp_path: Path) -> None:
     source = import_ready(gated_release, tiny_opt)
     for to, tp, dtype in [("hf", None, "bf16"), ("metaseq", 2, None)]:
-        outcome = reshard_jobs.reshard_job_create(checkpoint=source, to=to, tp=tp, dtype=dtype, actor=reviewer,
-                                                  meta=META, dispatch=False)
+        outcome = reshard_jobs.reshard_job_create(
+            checkpoint=source, to=to, tp=tp, dtype=dtype, actor=reviewer, meta=META, dispatch=False
+        )
         job = reshard_jobs.reshard_job_run(job_id=outcome.job.pk)
         assert job is not None and job.status == ReshardStatus.SUCCEEDED, job.error_message
         expected = direct_sums(tiny_opt, tmp_path / f"by-hand-{to}", checkpoint=source, to=to, tp=tp, dtype=dtype)
@@ -167,14 +194,20 @@ def test_hf_to_hf_dtype_change_and_metaseq(gated_release: Any, reviewer: Any, ti
 
 @pytest.mark.django_db
 def test_same_conversion_twice_is_one_job_and_rerun_is_a_noop(
-    gated_release: Any, reviewer: Any, admin: Any, tiny_opt: Path, django_capture_on_commit_callbacks: Any,
+    gated_release: Any,
+    reviewer: Any,
+    admin: Any,
+    tiny_opt: Path,
+    django_capture_on_commit_callbacks: Any,
 ) -> None:
     source = import_ready(gated_release, tiny_opt)
-    first = reshard_jobs.reshard_job_create(checkpoint=source, to="native", tp=1, dtype="fp32", actor=reviewer,
-                                            meta=META, dispatch=False)
+    first = reshard_jobs.reshard_job_create(
+        checkpoint=source, to="native", tp=1, dtype="fp32", actor=reviewer, meta=META, dispatch=False
+    )
     # Spelled differently, asked by someone else, still the same conversion.
-    second = reshard_jobs.reshard_job_create(checkpoint=source, to="native", tp=None, dtype="float32", actor=admin,
-                                             meta=META)
+    second = reshard_jobs.reshard_job_create(
+        checkpoint=source, to="native", tp=None, dtype="float32", actor=admin, meta=META
+    )
     assert first.created and not second.created and second.job.pk == first.job.pk
     assert ReshardJob.objects.count() == 1
 
@@ -185,7 +218,9 @@ def test_same_conversion_twice_is_one_job_and_rerun_is_a_noop(
     run_reshard_job.delay(first.job.pk)
     assert again is not None and again.status == ReshardStatus.SUCCEEDED and again.attempts == 1
     assert Checkpoint.objects.count() == checkpoints
-    third = reshard_jobs.reshard_job_create(checkpoint=source, to="native", tp=1, dtype="fp32", actor=reviewer, meta=META)
+    third = reshard_jobs.reshard_job_create(
+        checkpoint=source, to="native", tp=1, dtype="fp32", actor=reviewer, meta=META
+    )
     assert not third.created and third.job.pk == first.job.pk and third.job.output_id == job.output_id
 
 
@@ -194,7 +229,11 @@ def test_same_conversion_twice_is_one_job_and_rerun_is_a_noop(
 
 @pytest.mark.django_db
 def test_bad_options_are_refused_naming_what_to_change(
-    gated_release: Any, reviewer: Any, applicant: Any, tiny_opt: Path, tmp_path: Path,
+    gated_release: Any,
+    reviewer: Any,
+    applicant: Any,
+    tiny_opt: Path,
+    tmp_path: Path,
 ) -> None:
     source = import_ready(gated_release, tiny_opt)
 
@@ -227,7 +266,11 @@ def test_bad_options_are_refused_naming_what_to_change(
 
 @pytest.mark.django_db
 def test_reshard_input_error_fails_for_good_and_frees_the_request(
-    gated_release: Any, reviewer: Any, tmp_path: Path, tiny_opt: Path, django_capture_on_commit_callbacks: Any,
+    gated_release: Any,
+    reviewer: Any,
+    tmp_path: Path,
+    tiny_opt: Path,
+    django_capture_on_commit_callbacks: Any,
 ) -> None:
     folder = Path(shutil.copytree(tiny_opt, tmp_path / "copy"))
     source = import_ready(gated_release, folder)
@@ -251,7 +294,11 @@ def test_reshard_input_error_fails_for_good_and_frees_the_request(
 
 @pytest.mark.django_db
 def test_transient_faults_retry_with_backoff_then_give_up(
-    gated_release: Any, reviewer: Any, tiny_opt: Path, monkeypatch: Any, settings: Any,
+    gated_release: Any,
+    reviewer: Any,
+    tiny_opt: Path,
+    monkeypatch: Any,
+    settings: Any,
     django_capture_on_commit_callbacks: Any,
 ) -> None:
     source = import_ready(gated_release, tiny_opt)
@@ -266,8 +313,9 @@ def test_transient_faults_retry_with_backoff_then_give_up(
 
     monkeypatch.setattr(LocalStorage, "write_stream", flaky_write)
     with pytest.raises(Retry) as retry, django_capture_on_commit_callbacks(execute=True):
-        outcome = reshard_jobs.reshard_job_create(checkpoint=source, to="native", tp=1, dtype="fp16", actor=reviewer,
-                                                  meta=META)
+        outcome = reshard_jobs.reshard_job_create(
+            checkpoint=source, to="native", tp=1, dtype="fp16", actor=reviewer, meta=META
+        )
     assert retry.value.when == 60  # backoff: 60 s, then 120, 240... capped at 15 minutes
     assert (reshard_jobs.retry_delay(2), reshard_jobs.retry_delay(9)) == (120, 900)
     job = ReshardJob.objects.get(pk=outcome.job.pk)
@@ -282,8 +330,9 @@ def test_transient_faults_retry_with_backoff_then_give_up(
     settings.ARTIFACTS_RESHARD_MAX_ATTEMPTS = 2
     failures["left"] = 100
     with pytest.raises(Retry), django_capture_on_commit_callbacks(execute=True):
-        outcome = reshard_jobs.reshard_job_create(checkpoint=source, to="native", tp=2, dtype="fp16", actor=reviewer,
-                                                  meta=META)
+        outcome = reshard_jobs.reshard_job_create(
+            checkpoint=source, to="native", tp=2, dtype="fp16", actor=reviewer, meta=META
+        )
     run_reshard_job.delay(outcome.job.pk)  # the second and last attempt fails the job instead of retrying
     job = ReshardJob.objects.get(pk=outcome.job.pk)
     assert job.status == ReshardStatus.FAILED and job.attempts == 2 and job.exit_code == 1
@@ -295,11 +344,15 @@ def test_transient_faults_retry_with_backoff_then_give_up(
 
 @pytest.mark.django_db
 def test_reaper_requeues_stale_jobs_then_fails_them_out_of_attempts(
-    gated_release: Any, reviewer: Any, tiny_opt: Path, settings: Any,
+    gated_release: Any,
+    reviewer: Any,
+    tiny_opt: Path,
+    settings: Any,
 ) -> None:
     source = import_ready(gated_release, tiny_opt)
-    job = reshard_jobs.reshard_job_create(checkpoint=source, to="native", tp=1, dtype="fp16", actor=reviewer,
-                                          meta=META, dispatch=False).job
+    job = reshard_jobs.reshard_job_create(
+        checkpoint=source, to="native", tp=1, dtype="fp16", actor=reviewer, meta=META, dispatch=False
+    ).job
     long_ago = timezone.now() - timedelta(seconds=reshard_jobs.stale_seconds() + 60)
     ReshardJob.objects.filter(pk=job.pk).update(status=ReshardStatus.RUNNING, attempts=3, heartbeat_at=long_ago)
     assert reshard_jobs.reshard_job_run(job_id=job.pk).status == ReshardStatus.RUNNING  # out of attempts: not claimed
@@ -307,8 +360,9 @@ def test_reaper_requeues_stale_jobs_then_fails_them_out_of_attempts(
     job.refresh_from_db()
     assert job.status == ReshardStatus.FAILED and "stopped sending heartbeats" in job.error_message
     # A fresh heartbeat is left alone.
-    other = reshard_jobs.reshard_job_create(checkpoint=source, to="native", tp=2, dtype="fp16", actor=reviewer,
-                                            meta=META, dispatch=False).job
+    other = reshard_jobs.reshard_job_create(
+        checkpoint=source, to="native", tp=2, dtype="fp16", actor=reviewer, meta=META, dispatch=False
+    ).job
     ReshardJob.objects.filter(pk=other.pk).update(status=ReshardStatus.RUNNING, attempts=1, heartbeat_at=timezone.now())
     assert reshard_jobs.reshard_jobs_reap_stale() == 0
 
@@ -365,18 +419,30 @@ def database_url_of_test_db() -> str:
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_worker_killed_mid_conversion_leaves_nothing_and_the_retry_is_identical(
-    gated_release: Any, reviewer: Any, tiny_opt: Path, tmp_path: Path, settings: Any,
+    gated_release: Any,
+    reviewer: Any,
+    tiny_opt: Path,
+    tmp_path: Path,
+    settings: Any,
 ) -> None:
     source = import_ready(gated_release, tiny_opt)
-    job = reshard_jobs.reshard_job_create(checkpoint=source, to="native", tp=2, dtype="fp16", actor=reviewer,
-                                          meta=META, dispatch=False).job
+    job = reshard_jobs.reshard_job_create(
+        checkpoint=source, to="native", tp=2, dtype="fp16", actor=reviewer, meta=META, dispatch=False
+    ).job
     variant = "hf-tiny-native-tp2-fp16"
     work = tmp_path / "reshard-work"
-    env = {**os.environ, "DATABASE_URL": database_url_of_test_db(), "DJANGO_SETTINGS_MODULE": "portal.settings",
-           "PYTHONPATH": str(REPO)}
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url_of_test_db(),
+        "DJANGO_SETTINGS_MODULE": "portal.settings",
+        "PYTHONPATH": str(REPO),
+    }
     child = subprocess.Popen(
         [sys.executable, "-c", CHILD, str(job.pk), str(settings.ARTIFACTS_LOCAL_ROOT), str(work)],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     try:
         deadline = time.monotonic() + 120
@@ -427,15 +493,23 @@ def test_worker_killed_mid_conversion_leaves_nothing_and_the_retry_is_identical(
 
 @pytest.mark.django_db
 def test_convert_form_jobs_table_and_live_progress(
-    client: Any, reviewer: Any, gated_release: Any, tiny_opt: Path, django_capture_on_commit_callbacks: Any,
+    client: Any,
+    reviewer: Any,
+    gated_release: Any,
+    tiny_opt: Path,
+    django_capture_on_commit_callbacks: Any,
 ) -> None:
     source = import_ready(gated_release, tiny_opt)
     login(client, reviewer)
     page = client.get(reverse("checkpoint-detail", args=[source.pk])).content.decode()
-    assert reverse("checkpoint-reshard", args=[source.pk]) in page and 'name="tp"' in page and "No conversions yet" in page
+    assert (
+        reverse("checkpoint-reshard", args=[source.pk]) in page and 'name="tp"' in page and "No conversions yet" in page
+    )
 
     # A bad tp re-renders the form with the error and what was typed.
-    response = client.post(reverse("checkpoint-reshard", args=[source.pk]), {"to": "native", "tp": "3", "dtype": "bf16"})
+    response = client.post(
+        reverse("checkpoint-reshard", args=[source.pk]), {"to": "native", "tp": "3", "dtype": "bf16"}
+    )
     assert response.status_code == 400
     body = response.content.decode()
     assert "tp 3" in body and "n_head=4" in body and 'value="3"' in body
@@ -443,7 +517,9 @@ def test_convert_form_jobs_table_and_live_progress(
     assert not ReshardJob.objects.exists()
 
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
-        response = client.post(reverse("checkpoint-reshard", args=[source.pk]), {"to": "native", "tp": "2", "dtype": "fp16"})
+        response = client.post(
+            reverse("checkpoint-reshard", args=[source.pk]), {"to": "native", "tp": "2", "dtype": "fp16"}
+        )
     job = ReshardJob.objects.get()
     assert response.status_code == 302 and response["Location"].endswith(f"#reshard-job-{job.pk}")
     # Queued, not run yet: the table shows the figures without JavaScript, and the poller is on the page.
@@ -464,15 +540,17 @@ def test_convert_form_jobs_table_and_live_progress(
     assert "setTimeout(tick, 2000)" not in page and reverse("checkpoint-detail", args=[job.output_id]) in page
 
     # The same form again points at the existing job.
-    response = client.post(reverse("checkpoint-reshard", args=[source.pk]), {"to": "native", "tp": "2", "dtype": "fp16"},
-                           follow=True)
+    response = client.post(
+        reverse("checkpoint-reshard", args=[source.pk]), {"to": "native", "tp": "2", "dtype": "fp16"}, follow=True
+    )
     assert f"already reshard job #{job.pk}" in response.content.decode()
     assert ReshardJob.objects.count() == 1
 
 
 @pytest.mark.django_db
-def test_api_create_get_and_list(client: Any, reviewer: Any, gated_release: Any, tiny_opt: Path,
-                                 django_capture_on_commit_callbacks: Any) -> None:
+def test_api_create_get_and_list(
+    client: Any, reviewer: Any, gated_release: Any, tiny_opt: Path, django_capture_on_commit_callbacks: Any
+) -> None:
     source = import_ready(gated_release, tiny_opt)
     login(client, reviewer)
     url = reverse("artifacts-api:checkpoint-reshard-jobs", args=[source.pk])
@@ -485,7 +563,9 @@ def test_api_create_get_and_list(client: Any, reviewer: Any, gated_release: Any,
     same = client.post(url, {"to": "hf", "dtype": "float16"}, content_type="application/json")
     assert same.status_code == 200 and same.json()["id"] == job_id
     detail = client.get(reverse("artifacts-api:reshard-job", args=[job_id])).json()
-    assert detail["status"] == "succeeded" and detail["to"] == "hf" and detail["tp"] == 1 and detail["dtype"] == "float16"
+    assert (
+        detail["status"] == "succeeded" and detail["to"] == "hf" and detail["tp"] == 1 and detail["dtype"] == "float16"
+    )
     assert detail["bytes_done"] == detail["bytes_total"] > 0 and detail["output"] == ReshardJob.objects.get().output_id
     listing = client.get(url).json()
     assert [item["id"] for item in listing["results"]] == [job_id]
@@ -493,17 +573,24 @@ def test_api_create_get_and_list(client: Any, reviewer: Any, gated_release: Any,
 
 @pytest.mark.django_db
 def test_outsiders_get_403_or_404_on_reshard_pages_and_api(
-    client: Any, applicant: Any, gated_release: Any, reviewer: Any, tiny_opt: Path,
+    client: Any,
+    applicant: Any,
+    gated_release: Any,
+    reviewer: Any,
+    tiny_opt: Path,
 ) -> None:
     source = import_ready(gated_release, tiny_opt)
-    job = reshard_jobs.reshard_job_create(checkpoint=source, to="native", tp=1, actor=reviewer, meta=META,
-                                          dispatch=False).job
+    job = reshard_jobs.reshard_job_create(
+        checkpoint=source, to="native", tp=1, actor=reviewer, meta=META, dispatch=False
+    ).job
     form = {"to": "native", "tp": "2"}
     api_list = reverse("artifacts-api:checkpoint-reshard-jobs", args=[source.pk])
     api_job = reverse("artifacts-api:reshard-job", args=[job.pk])
     # Anonymous: pages send to sign-in, the API answers 401/403.
-    for response in (client.post(reverse("checkpoint-reshard", args=[source.pk]), form),
-                     client.get(reverse("checkpoint-reshard-jobs", args=[source.pk]))):
+    for response in (
+        client.post(reverse("checkpoint-reshard", args=[source.pk]), form),
+        client.get(reverse("checkpoint-reshard-jobs", args=[source.pk])),
+    ):
         assert response.status_code == 302 and "/accounts/login/" in response["Location"]
     assert client.get(api_list).status_code in (401, 403)
     assert client.post(api_list, form, content_type="application/json").status_code in (401, 403)

@@ -54,8 +54,11 @@ def test_failed_write_leaves_nothing_visible(backend: str) -> None:
 @pytest.mark.parametrize("key", ["../escape", "/abs/key", "a/../../b"])
 def test_traversal_refused(backend: str, key: str) -> None:
     storage = get_storage()
-    for call in (lambda: storage.exists(key), lambda: storage.open_read(key),
-                 lambda: storage.write_stream(key, io.BytesIO(b"x"))):
+    for call in (
+        lambda: storage.exists(key),
+        lambda: storage.open_read(key),
+        lambda: storage.write_stream(key, io.BytesIO(b"x")),
+    ):
         with pytest.raises(UnsafeKey):
             call()
 

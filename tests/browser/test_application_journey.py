@@ -23,7 +23,9 @@ def _sign_in(page: Any, base: str, email: str, password: str) -> None:
     page.wait_for_load_state()
 
 
-def test_apply_review_and_grant_in_chromium(browser: Any, live_server: Any, transactional_db: Any, settings: Any) -> None:
+def test_apply_review_and_grant_in_chromium(
+    browser: Any, live_server: Any, transactional_db: Any, settings: Any
+) -> None:
     settings.SITE_URL = live_server.url
     release = factories.make_release(slug="opt-175b", name="OPT-175B", gated=True)
     reviewer = factories.make_reviewer("rita@release.example", full_name="Rita Reviewer")

@@ -14,7 +14,11 @@ GOOD_SECRET = "x" * 50
 
 
 def _load_settings(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL", "DEBUG", "SECRET_KEY", "ALLOWED_HOSTS", "PORTAL_ENV"}}
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"DATABASE_URL", "REDIS_URL", "DEBUG", "SECRET_KEY", "ALLOWED_HOSTS", "PORTAL_ENV"}
+    }
     base.update(PORTAL_VAR_DIR=str(tmp_path), DJANGO_SETTINGS_MODULE="portal.settings", **env)
     code = "import django; django.setup(); from django.conf import settings; print(settings.DATABASES['default']['ENGINE'], settings.CELERY_BROKER_URL, settings.DEBUG)"
     return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=base, capture_output=True, text=True, timeout=120)
@@ -50,9 +54,7 @@ def test_embedded_defaults_need_no_server(tmp_path: Path) -> None:
 
 
 def test_services_switch_on_environment(tmp_path: Path) -> None:
-    result = _load_settings(
-        tmp_path, DATABASE_URL="postgresql://u@127.0.0.1:5/db", REDIS_URL="redis://127.0.0.1:6/0"
-    )
+    result = _load_settings(tmp_path, DATABASE_URL="postgresql://u@127.0.0.1:5/db", REDIS_URL="redis://127.0.0.1:6/0")
     assert result.returncode == 0, result.stderr
     engine, broker, _ = result.stdout.split()
     assert engine == "django.db.backends.postgresql" and broker == "redis://127.0.0.1:6/0"

@@ -51,8 +51,13 @@ def hf_dir(folder: Path, kind: str) -> Path:
     """A checkpoint written by transformers' own save_pretrained."""
     import transformers
 
-    common: dict[str, Any] = {"vocab_size": VOCAB, "hidden_size": 32, "num_hidden_layers": 2,
-                              "num_attention_heads": 4, "max_position_embeddings": 64}
+    common: dict[str, Any] = {
+        "vocab_size": VOCAB,
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "max_position_embeddings": 64,
+    }
     if kind == "opt":
         config = transformers.OPTConfig(ffn_dim=64, **common)
         cls = transformers.OPTForCausalLM

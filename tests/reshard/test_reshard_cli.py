@@ -53,7 +53,9 @@ def test_convert_is_deterministic(metaseq_fsdp: Path, hf_checkpoints: dict[str, 
         reshard.convert(hf_checkpoints["mixtral"], tmp_path / f"mx{i}", to="native", tp=2, dtype="bf16")
     for kind in ("native", "hf", "ms", "mx"):
         assert (tmp_path / f"{kind}0" / "SHA256SUMS").read_text() == (tmp_path / f"{kind}1" / "SHA256SUMS").read_text()
-        assert (tmp_path / f"{kind}0" / "manifest.json").read_bytes() == (tmp_path / f"{kind}1" / "manifest.json").read_bytes()
+        assert (tmp_path / f"{kind}0" / "manifest.json").read_bytes() == (
+            tmp_path / f"{kind}1" / "manifest.json"
+        ).read_bytes()
 
 
 def test_killed_run_is_cleaned_up_and_retry_is_identical(metaseq_fsdp: Path, tmp_path: Path) -> None:
@@ -74,7 +76,12 @@ def test_convert_result_and_progress(metaseq_fsdp: Path, tmp_path: Path) -> None
     result = reshard.convert(metaseq_fsdp, tmp_path / "out", to="native", tp=2, progress=lambda *a: seen.append(a))
     assert seen[0][0] == 0 and seen[-1][0] == seen[-1][1] and seen[-1][2] == seen[-1][3]
     assert result.parameter_count == reshard.inspect(metaseq_fsdp).parameter_count
-    assert {f.path for f in result.files} == {"config.json", "manifest.json", native_file_name(0, 2), native_file_name(1, 2)}
+    assert {f.path for f in result.files} == {
+        "config.json",
+        "manifest.json",
+        native_file_name(0, 2),
+        native_file_name(1, 2),
+    }
     assert all(f.size == (tmp_path / "out" / f.path).stat().st_size for f in result.files)
 
 

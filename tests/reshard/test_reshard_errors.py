@@ -104,8 +104,11 @@ def test_hf_unknown_tensor_and_untied_head(tmp_path: Path, hf_checkpoints: dict[
     src = tmp_path / "src"
     shutil.copytree(hf_checkpoints["opt"], src)
     tensors = load_file(str(src / "model.safetensors"))
-    save_file({**tensors, "model.decoder.extra.weight": torch.zeros(2)}, str(src / "model.safetensors"),
-              metadata={"format": "pt"})
+    save_file(
+        {**tensors, "model.decoder.extra.weight": torch.zeros(2)},
+        str(src / "model.safetensors"),
+        metadata={"format": "pt"},
+    )
     with pytest.raises(reshard.MismatchError, match="model.decoder.extra.weight"):
         reshard.inspect(src)
     embed = tensors["model.decoder.embed_tokens.weight"]

@@ -131,8 +131,9 @@ def test_pytorch_model_bin_and_sharded_hf_output(hf_checkpoints: dict[str, Path]
         assert torch.equal(back[name], tensor), name
 
 
-def test_metaseq_tp_output_reads_back_and_keeps_kvq(metaseq_tp: Path, opt_state: dict[str, torch.Tensor],
-                                                    tmp_path: Path) -> None:
+def test_metaseq_tp_output_reads_back_and_keeps_kvq(
+    metaseq_tp: Path, opt_state: dict[str, torch.Tensor], tmp_path: Path
+) -> None:
     reshard.convert(metaseq_tp, tmp_path / "n4", to="native", tp=4)
     reshard.convert(tmp_path / "n4", tmp_path / "ms", to="metaseq", tp=2)
     # Same tensors as the generator's parts (per-part K, V, Q), part by part.
@@ -165,14 +166,17 @@ def test_native_loader_at_tp2_matches_tp1(metaseq_fsdp: Path, tmp_path: Path) ->
         reshard.load_native(tmp_path / "native")
 
 
-def test_omegaconf_cfg_is_read_without_omegaconf(tmp_path: Path, opt_state: dict[str, torch.Tensor],
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_omegaconf_cfg_is_read_without_omegaconf(
+    tmp_path: Path, opt_state: dict[str, torch.Tensor], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A cfg pickled as omegaconf DictConfig (hydra) loads through the stand-ins as a dict."""
     import sys
     import types
 
-    fake = {name: types.ModuleType(name) for name in ("omegaconf", "omegaconf.dictconfig", "omegaconf.nodes",
-                                                      "omegaconf.base")}
+    fake = {
+        name: types.ModuleType(name)
+        for name in ("omegaconf", "omegaconf.dictconfig", "omegaconf.nodes", "omegaconf.base")
+    }
 
     class DictConfig:
         def __init__(self, content: dict) -> None:
@@ -193,8 +197,11 @@ def test_omegaconf_cfg_is_read_without_omegaconf(tmp_path: Path, opt_state: dict
         def __init__(self) -> None:
             self.optional = True
 
-    for cls, module in ((DictConfig, "omegaconf.dictconfig"), (AnyNode, "omegaconf.nodes"),
-                        (ContainerMetadata, "omegaconf.base")):
+    for cls, module in (
+        (DictConfig, "omegaconf.dictconfig"),
+        (AnyNode, "omegaconf.nodes"),
+        (ContainerMetadata, "omegaconf.base"),
+    ):
         cls.__module__ = module
         cls.__qualname__ = cls.__name__
         setattr(fake[module], cls.__name__, cls)
@@ -205,8 +212,13 @@ def test_omegaconf_cfg_is_read_without_omegaconf(tmp_path: Path, opt_state: dict
     cfg = metaseq.cfg_from_config(OPT, 1)
     parts = metaseq_parts(opt_state, OPT, 1)
     (tmp_path / "src").mkdir()
-    torch.save({"model": {**parts[0], "decoder.version": torch.tensor([3.0])},
-                "cfg": DictConfig({"model": DictConfig(cfg["model"])})}, tmp_path / "src" / "reshard-model_part-0.pt")
+    torch.save(
+        {
+            "model": {**parts[0], "decoder.version": torch.tensor([3.0])},
+            "cfg": DictConfig({"model": DictConfig(cfg["model"])}),
+        },
+        tmp_path / "src" / "reshard-model_part-0.pt",
+    )
     for name in fake:
         monkeypatch.delitem(sys.modules, name)
     info = reshard.inspect(tmp_path / "src")

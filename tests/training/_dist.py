@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import socket
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -34,6 +35,11 @@ def run_distributed(fn: Callable[..., Any], world_size: int, *args: Any) -> list
     """``fn(*args)`` on every rank of a fresh gloo world; returns the ranks' results in rank order.
     ``fn`` must be importable (module level) because the workers are spawned."""
     with tempfile.TemporaryDirectory() as out_dir:
-        mp.start_processes(_entry, args=(fn, world_size, free_port(), out_dir, args), nprocs=world_size,
-                           join=True, start_method="spawn")
+        mp.start_processes(
+            _entry,
+            args=(fn, world_size, free_port(), out_dir, args),
+            nprocs=world_size,
+            join=True,
+            start_method="spawn",
+        )
         return [torch.load(Path(out_dir) / f"rank{r}.pt", weights_only=False) for r in range(world_size)]

@@ -15,24 +15,64 @@ from training import Replicated, Transformer, merge_shards, sharding_plan
 VOCAB = 100  # not a multiple of 8, so vocabulary padding is exercised (padded to 104)
 
 HF_CASES: dict[str, dict[str, Any]] = {
-    "opt": {"cls": "OPT", "vocab_size": VOCAB, "hidden_size": 32, "num_hidden_layers": 2, "ffn_dim": 64,
-            "num_attention_heads": 4, "max_position_embeddings": 64},
+    "opt": {
+        "cls": "OPT",
+        "vocab_size": VOCAB,
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "ffn_dim": 64,
+        "num_attention_heads": 4,
+        "max_position_embeddings": 64,
+    },
     # OPT-350M shape: post-norm, 16-wide embeddings with project_in/out.
-    "opt350": {"cls": "OPT", "vocab_size": VOCAB, "hidden_size": 32, "num_hidden_layers": 2, "ffn_dim": 64,
-               "num_attention_heads": 4, "max_position_embeddings": 64, "word_embed_proj_dim": 16,
-               "do_layer_norm_before": False},
+    "opt350": {
+        "cls": "OPT",
+        "vocab_size": VOCAB,
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "ffn_dim": 64,
+        "num_attention_heads": 4,
+        "max_position_embeddings": 64,
+        "word_embed_proj_dim": 16,
+        "do_layer_norm_before": False,
+    },
     # Grouped-query attention: 4 query heads share 2 KV heads.
-    "llama": {"cls": "Llama", "vocab_size": VOCAB, "hidden_size": 32, "num_hidden_layers": 2,
-              "intermediate_size": 48, "num_attention_heads": 4, "num_key_value_heads": 2,
-              "max_position_embeddings": 64},
-    "mixtral": {"cls": "Mixtral", "vocab_size": VOCAB, "hidden_size": 32, "num_hidden_layers": 2,
-                "intermediate_size": 48, "num_attention_heads": 4, "num_key_value_heads": 2,
-                "max_position_embeddings": 64, "num_local_experts": 4},
+    "llama": {
+        "cls": "Llama",
+        "vocab_size": VOCAB,
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "intermediate_size": 48,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 64,
+    },
+    "mixtral": {
+        "cls": "Mixtral",
+        "vocab_size": VOCAB,
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "intermediate_size": 48,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 64,
+        "num_local_experts": 4,
+    },
 }
 
 # A GLaM-pattern model (MoE every other layer) has no transformers counterpart; tp tests build it.
-GLAM_TINY = training.ModelConfig(family="mixtral", name="glam-tiny", vocab_size=VOCAB, n_layer=4, n_head=4,
-                                 n_embd=32, ffn_dim=48, max_seq_len=64, n_expert=4, moe_every=2)
+GLAM_TINY = training.ModelConfig(
+    family="mixtral",
+    name="glam-tiny",
+    vocab_size=VOCAB,
+    n_layer=4,
+    n_head=4,
+    n_embd=32,
+    ffn_dim=48,
+    max_seq_len=64,
+    n_expert=4,
+    moe_every=2,
+)
 
 
 def hf_model(name: str) -> Any:

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from _workers import HF_CASES, hf_model, sample_batch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 import training
-from _workers import HF_CASES, hf_model, sample_batch
 from training import CheckpointError
 
 
@@ -75,8 +75,14 @@ def test_loads_stacked_expert_layout(hf_checkpoints: dict[str, Path], tmp_path: 
         experts = range(4)
         stacked[f"model.layers.{layer}.mlp.gate.weight"] = tensors[f"{moe}.gate.weight"]
         stacked[f"model.layers.{layer}.mlp.experts.gate_up_proj"] = torch.stack(
-            [torch.cat([tensors[f"{moe}.experts.{e}.w1.weight"], tensors[f"{moe}.experts.{e}.w3.weight"]]) for e in experts])
-        stacked[f"model.layers.{layer}.mlp.experts.down_proj"] = torch.stack([tensors[f"{moe}.experts.{e}.w2.weight"] for e in experts])
+            [
+                torch.cat([tensors[f"{moe}.experts.{e}.w1.weight"], tensors[f"{moe}.experts.{e}.w3.weight"]])
+                for e in experts
+            ]
+        )
+        stacked[f"model.layers.{layer}.mlp.experts.down_proj"] = torch.stack(
+            [tensors[f"{moe}.experts.{e}.w2.weight"] for e in experts]
+        )
     batch = sample_batch()
     with torch.no_grad():
         a = training.load_pretrained(src)(batch["ids"])
@@ -109,7 +115,7 @@ def test_save_pretrained_loads_in_transformers(hf_checkpoints: dict[str, Path], 
         assert (reloaded(batch["ids"]).logits - ours(batch["ids"])).abs().max().item() <= 1e-5
     # And back through our loader: bit-identical weights.
     again = training.load_pretrained(tmp_path)
-    for (n, a), (_, b) in zip(ours.state_dict().items(), again.state_dict().items()):
+    for (n, a), (_, b) in zip(ours.state_dict().items(), again.state_dict().items(), strict=True):
         assert torch.equal(a, b), n
 
 

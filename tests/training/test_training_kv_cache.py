@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from _workers import GLAM_TINY, HF_CASES, decode_matches_full, hf_model, sample_batch
 
 import training
-from _workers import GLAM_TINY, HF_CASES, decode_matches_full, hf_model, sample_batch
 
 
 @pytest.mark.parametrize("name", list(HF_CASES))

@@ -10,13 +10,45 @@ from training import ModelConfig, Replicated, Shard, merge_shards, shard_tensor,
 
 # Head and FFN sizes divisible by 4 so the same model splits 1 -> 2 -> 4 -> 1.
 ROUND_TRIP_CONFIGS = [
-    ModelConfig(family="opt", name="rt-opt", vocab_size=100, n_layer=2, n_head=8, n_embd=32, ffn_dim=64, max_seq_len=16),
-    ModelConfig(family="opt", name="rt-opt350", vocab_size=100, n_layer=2, n_head=8, n_embd=32, ffn_dim=64,
-                max_seq_len=16, pre_norm=False, word_embed_proj_dim=16),
-    ModelConfig(family="llama", name="rt-llama", vocab_size=100, n_layer=2, n_head=8, n_kv_head=4, n_embd=32,
-                ffn_dim=48, max_seq_len=16),
-    ModelConfig(family="mixtral", name="rt-glam", vocab_size=100, n_layer=2, n_head=8, n_kv_head=4, n_embd=32,
-                ffn_dim=48, max_seq_len=16, n_expert=4, moe_every=2),
+    ModelConfig(
+        family="opt", name="rt-opt", vocab_size=100, n_layer=2, n_head=8, n_embd=32, ffn_dim=64, max_seq_len=16
+    ),
+    ModelConfig(
+        family="opt",
+        name="rt-opt350",
+        vocab_size=100,
+        n_layer=2,
+        n_head=8,
+        n_embd=32,
+        ffn_dim=64,
+        max_seq_len=16,
+        pre_norm=False,
+        word_embed_proj_dim=16,
+    ),
+    ModelConfig(
+        family="llama",
+        name="rt-llama",
+        vocab_size=100,
+        n_layer=2,
+        n_head=8,
+        n_kv_head=4,
+        n_embd=32,
+        ffn_dim=48,
+        max_seq_len=16,
+    ),
+    ModelConfig(
+        family="mixtral",
+        name="rt-glam",
+        vocab_size=100,
+        n_layer=2,
+        n_head=8,
+        n_kv_head=4,
+        n_embd=32,
+        ffn_dim=48,
+        max_seq_len=16,
+        n_expert=4,
+        moe_every=2,
+    ),
 ]
 
 

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 import torch
-
-import training
 from _dist import run_distributed
 from _workers import GLAM_TINY, forward_backward, hf_model, sample_batch, tp_worker
+
+import training
 
 pytestmark = pytest.mark.slow
 

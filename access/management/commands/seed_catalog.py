@@ -101,8 +101,12 @@ def seed_catalog(catalog: Catalog | None = None) -> SeedReport:
             families[fam.slug], outcome = _upsert(
                 ModelFamily,
                 {"slug": fam.slug},
-                {"name": fam.name, "organization": fam.organization, "summary": fam.summary,
-                 "architecture": fam.architecture},
+                {
+                    "name": fam.name,
+                    "organization": fam.organization,
+                    "summary": fam.summary,
+                    "architecture": fam.architecture,
+                },
             )
             report.add("families", outcome)
 
@@ -112,10 +116,15 @@ def seed_catalog(catalog: Catalog | None = None) -> SeedReport:
                 DataCard,
                 {"slug": card.slug},
                 {
-                    "title": card.title, "motivation": card.motivation,
-                    "datasets": [d.as_json() for d in card.datasets], "size_tokens": card.size_tokens,
-                    "raw_data": card.raw_data, "labels": card.labels, "splits": card.splits,
-                    "collection": card.collection, "preprocessing": card.preprocessing,
+                    "title": card.title,
+                    "motivation": card.motivation,
+                    "datasets": [d.as_json() for d in card.datasets],
+                    "size_tokens": card.size_tokens,
+                    "raw_data": card.raw_data,
+                    "labels": card.labels,
+                    "splits": card.splits,
+                    "collection": card.collection,
+                    "preprocessing": card.preprocessing,
                 },
             )
             report.add("data cards", outcome)
@@ -124,7 +133,8 @@ def seed_catalog(catalog: Catalog | None = None) -> SeedReport:
             missing = [
                 f"{kind} {slug!r}"
                 for kind, slug, known in (
-                    ("family", rel.family, families), ("license", rel.license, licenses),
+                    ("family", rel.family, families),
+                    ("license", rel.license, licenses),
                     ("data card", rel.data_card, data_cards),
                 )
                 if slug not in known
@@ -138,15 +148,28 @@ def seed_catalog(catalog: Catalog | None = None) -> SeedReport:
                 Release,
                 {"slug": rel.slug},
                 {
-                    "family_id": families[rel.family].pk, "name": rel.name, "size_label": rel.size_label,
-                    "access_tier": rel.access_tier, "license_id": licenses[rel.license].pk,
-                    "data_card_id": data_cards[rel.data_card].pk, "summary": rel.summary,
-                    "parameters": rel.parameters, "active_parameters": rel.active_parameters,
-                    "n_layers": rel.n_layers, "n_heads": rel.n_heads, "n_kv_heads": rel.kv_heads,
-                    "hidden_size": rel.hidden_size, "ffn_size": rel.ffn_size, "vocab_size": rel.vocab_size,
-                    "max_positions": rel.max_positions, "n_experts": rel.n_experts,
-                    "experts_per_token": rel.experts_per_token, "moe_every": rel.moe_every,
-                    "training_tp": rel.training_tp, "sort_order": rel.sort_order, "is_listed": rel.is_listed,
+                    "family_id": families[rel.family].pk,
+                    "name": rel.name,
+                    "size_label": rel.size_label,
+                    "access_tier": rel.access_tier,
+                    "license_id": licenses[rel.license].pk,
+                    "data_card_id": data_cards[rel.data_card].pk,
+                    "summary": rel.summary,
+                    "parameters": rel.parameters,
+                    "active_parameters": rel.active_parameters,
+                    "n_layers": rel.n_layers,
+                    "n_heads": rel.n_heads,
+                    "n_kv_heads": rel.kv_heads,
+                    "hidden_size": rel.hidden_size,
+                    "ffn_size": rel.ffn_size,
+                    "vocab_size": rel.vocab_size,
+                    "max_positions": rel.max_positions,
+                    "n_experts": rel.n_experts,
+                    "experts_per_token": rel.experts_per_token,
+                    "moe_every": rel.moe_every,
+                    "training_tp": rel.training_tp,
+                    "sort_order": rel.sort_order,
+                    "is_listed": rel.is_listed,
                 },
             )
             report.add("releases", outcome)
@@ -155,9 +178,13 @@ def seed_catalog(catalog: Catalog | None = None) -> SeedReport:
                 ModelCard,
                 {"release": release},
                 {
-                    "release_date": mc.release_date, "version": mc.version, "model_type": mc.model_type,
-                    "intended_use": mc.intended_use, "out_of_scope_use": mc.out_of_scope_use,
-                    "evaluation_data": mc.evaluation_data, "limitations": mc.limitations,
+                    "release_date": mc.release_date,
+                    "version": mc.version,
+                    "model_type": mc.model_type,
+                    "intended_use": mc.intended_use,
+                    "out_of_scope_use": mc.out_of_scope_use,
+                    "evaluation_data": mc.evaluation_data,
+                    "limitations": mc.limitations,
                     "training_compute": mc.training_compute,
                 },
             )

@@ -47,19 +47,33 @@ class DemoAccount:
 
 
 ADMIN = DemoAccount(
-    "admin@demo.local", "admin-demo-pass", "Ada Admin", "OpenRelease operations",
-    "operator: superuser and staff (/admin/)", superuser=True,
+    "admin@demo.local",
+    "admin-demo-pass",
+    "Ada Admin",
+    "OpenRelease operations",
+    "operator: superuser and staff (/admin/)",
+    superuser=True,
 )
 REVIEWER = DemoAccount(
-    "reviewer@demo.local", "reviewer-demo-pass", "Rita Reviewer", "OpenRelease review team",
-    "reviewer (Reviewers group, /review/)", reviewer=True,
+    "reviewer@demo.local",
+    "reviewer-demo-pass",
+    "Rita Reviewer",
+    "OpenRelease review team",
+    "reviewer (Reviewers group, /review/)",
+    reviewer=True,
 )
 RESEARCHER = DemoAccount(
-    "researcher@demo.local", "researcher-demo-pass", "Riley Researcher", "University of Example",
+    "researcher@demo.local",
+    "researcher-demo-pass",
+    "Riley Researcher",
+    "University of Example",
     "applicant: holds an OPT-175B grant, one question to answer",
 )
 SECOND_APPLICANT = DemoAccount(
-    "applicant@demo.local", "applicant-demo-pass", "Sam Sample", "Example Institute of Technology",
+    "applicant@demo.local",
+    "applicant-demo-pass",
+    "Sam Sample",
+    "Example Institute of Technology",
     "applicant: one pending, one declined application",
 )
 DEMO_ACCOUNTS: tuple[DemoAccount, ...] = (ADMIN, REVIEWER, RESEARCHER, SECOND_APPLICANT)
@@ -82,8 +96,12 @@ class DemoApplication:
 
 DEMO_APPLICATIONS: tuple[DemoApplication, ...] = (
     DemoApplication(
-        applicant=RESEARCHER, release_slug="opt-175b", outcome="approved",
-        role="Postdoctoral researcher", organization_type="academic", country="US",
+        applicant=RESEARCHER,
+        release_slug="opt-175b",
+        outcome="approved",
+        role="Postdoctoral researcher",
+        organization_type="academic",
+        country="US",
         research_purpose=(
             "We study how few-shot accuracy and calibration change with model scale across the OPT suite. The open "
             "sizes up to 66B give us most of the curve; OPT-175B is the point we cannot extrapolate. We will run "
@@ -94,8 +112,12 @@ DEMO_APPLICATIONS: tuple[DemoApplication, ...] = (
         publications=("https://arxiv.org/abs/2205.01068",),
     ),
     DemoApplication(
-        applicant=RESEARCHER, release_slug="llama-65b", outcome="needs_info",
-        role="Postdoctoral researcher", organization_type="academic", country="US",
+        applicant=RESEARCHER,
+        release_slug="llama-65b",
+        outcome="needs_info",
+        role="Postdoctoral researcher",
+        organization_type="academic",
+        country="US",
         research_purpose=(
             "We want to compare how memorisation of training data differs between OPT and LLaMA at the largest "
             "sizes, using extraction attacks on documents that are known to be in both public training mixtures. "
@@ -109,8 +131,12 @@ DEMO_APPLICATIONS: tuple[DemoApplication, ...] = (
         ),
     ),
     DemoApplication(
-        applicant=SECOND_APPLICANT, release_slug="opt-175b", outcome="submitted",
-        role="PhD student", organization_type="academic", country="GB",
+        applicant=SECOND_APPLICANT,
+        release_slug="opt-175b",
+        outcome="submitted",
+        role="PhD student",
+        organization_type="academic",
+        country="GB",
         research_purpose=(
             "My thesis measures how instruction-free base models handle negation and quantifiers in natural "
             "language inference. I have results for the open OPT sizes and need OPT-175B to test whether the "
@@ -121,8 +147,12 @@ DEMO_APPLICATIONS: tuple[DemoApplication, ...] = (
         publications=("10.1234/demo.negation.2024",),
     ),
     DemoApplication(
-        applicant=SECOND_APPLICANT, release_slug="llama-7b", outcome="rejected",
-        role="PhD student", organization_type="academic", country="GB",
+        applicant=SECOND_APPLICANT,
+        release_slug="llama-7b",
+        outcome="rejected",
+        role="PhD student",
+        organization_type="academic",
+        country="GB",
         research_purpose=(
             "I would like to fine-tune a small model on course material to build a study assistant for students "
             "in my department, and to measure whether it answers exam-style questions better than a search engine. "
@@ -160,11 +190,17 @@ def _ensure_application(sample: DemoApplication, *, users: dict[str, User], revi
         return existing, False
     current = release.license.current_version
     data = ApplicationInput(
-        full_name=applicant.full_name, affiliation=applicant.affiliation,
-        organization_type=sample.organization_type, role=sample.role, country=sample.country,
-        research_purpose=sample.research_purpose, intended_use=sample.intended_use,
-        publications=list(sample.publications), license_version_id=current.pk if current else None,
-        non_commercial_attested=True, accept_license=True,
+        full_name=applicant.full_name,
+        affiliation=applicant.affiliation,
+        organization_type=sample.organization_type,
+        role=sample.role,
+        country=sample.country,
+        research_purpose=sample.research_purpose,
+        intended_use=sample.intended_use,
+        publications=list(sample.publications),
+        license_version_id=current.pk if current else None,
+        non_commercial_attested=True,
+        accept_license=True,
     )
     application = application_submit(applicant=applicant, release=release, data=data, meta=DEMO_META)
     if sample.outcome == "needs_info":

@@ -34,7 +34,9 @@ class Command(BaseCommand):
         release = Release.objects.filter(slug=options["release"]).first()
         if release is None:
             known = ", ".join(Release.objects.order_by("slug").values_list("slug", flat=True)[:20])
-            raise CommandError(f"No release {options['release']!r}; known releases: {known or 'none (seed the catalog)'}.")
+            raise CommandError(
+                f"No release {options['release']!r}; known releases: {known or 'none (seed the catalog)'}."
+            )
         checksums_text = None
         if options["checksums"]:
             path = Path(options["checksums"])
@@ -43,9 +45,15 @@ class Command(BaseCommand):
             checksums_text = path.read_text(encoding="utf-8", errors="replace")
         try:
             result = services.checkpoint_import(
-                release=release, source_uri=options["source"], fmt=options["format"], checksums_text=checksums_text,
-                variant=options["variant"], label=options["label"], description=options["description"],
-                dtype=options["dtype"], enqueue=not options["sync"],
+                release=release,
+                source_uri=options["source"],
+                fmt=options["format"],
+                checksums_text=checksums_text,
+                variant=options["variant"],
+                label=options["label"],
+                description=options["description"],
+                dtype=options["dtype"],
+                enqueue=not options["sync"],
             )
         except AccessError as error:
             raise CommandError(f"{error.field + ': ' if error.field else ''}{error.message}") from None
@@ -65,4 +73,6 @@ class Command(BaseCommand):
             for bad in (job.report or {}).get("bad_files", []):
                 self.stdout.write(f"  bad: {bad['path']}: {bad['problem']}")
         elif result.job:
-            self.stdout.write(f"Verification #{result.job.pk} queued on `io`; watch it at /checkpoints/{checkpoint.pk}/.")
+            self.stdout.write(
+                f"Verification #{result.job.pk} queued on `io`; watch it at /checkpoints/{checkpoint.pk}/."
+            )

@@ -51,8 +51,13 @@ class Command(BaseCommand):
             source = build_demo_checkpoint(Path(tmp) / "opt-demo-random")
             for release in releases:
                 result = services.checkpoint_import(
-                    release=release, source_uri=str(source), fmt="hf", variant=VARIANT, label=LABEL,
-                    description=DESCRIPTION, enqueue=False,
+                    release=release,
+                    source_uri=str(source),
+                    fmt="hf",
+                    variant=VARIANT,
+                    label=LABEL,
+                    description=DESCRIPTION,
+                    enqueue=False,
                 )
                 checkpoint = result.checkpoint
                 if not result.unchanged or checkpoint.state != CheckpointState.READY:
