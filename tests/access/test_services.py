@@ -286,3 +286,12 @@ def test_sweeper_resends_lost_emails(applicant: Any) -> None:
     lost.refresh_from_db()
     assert lost.email_sent_at is not None and any(m.subject == "Lost in the broker" for m in mail.outbox)
     assert sweep_unsent_notifications() == 0
+
+
+def test_postgres_has_trigram_indexes_for_queue_search() -> None:
+    if connection.vendor != "postgresql":
+        pytest.skip("trigram indexes exist on PostgreSQL only")
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'access_application'")
+        names = {row[0] for row in cursor.fetchall()}
+    assert {f"access_application_{c}_trgm" for c in ("full_name", "email", "affiliation")} <= names
