@@ -18,7 +18,9 @@ def notify(*, user: User, subject: str, body: str, url: str = "") -> Notificatio
     notification = Notification.objects.create(user=user, subject=subject[:200], body=body, url=url)
     from access.tasks import send_notification_email
 
-    transaction.on_commit(lambda: send_notification_email.delay(notification.pk))
+    # robust: a broker that is down must not turn a committed action into an error page; the
+    # periodic sweeper sends what was not sent.
+    transaction.on_commit(lambda: send_notification_email.delay(notification.pk), robust=True)
     return notification
 
 

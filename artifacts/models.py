@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.db import models
+from django.utils import timezone
 
 
 class CheckpointFormat(models.TextChoices):
@@ -114,6 +115,8 @@ class VerificationJob(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
+    # When the task message was last sent: a queued job whose message a broker lost is sent again.
+    dispatched_at = models.DateTimeField(default=timezone.now)
     finished_at = models.DateTimeField(null=True, blank=True)
     # {"bad_files": [{"path", "problem"}], "checked": n, "published_list": bool, "seconds": float, ...}
     report = models.JSONField(default=dict, blank=True)
@@ -173,6 +176,8 @@ class ReshardJob(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
+    # When the task message was last sent: a queued job whose message a broker lost is sent again.
+    dispatched_at = models.DateTimeField(default=timezone.now)
     finished_at = models.DateTimeField(null=True, blank=True)
     error_message = models.TextField(blank=True)
     # `python -m reshard` exit code of the failure (2 usage, 3 bad input, 4 verification, 5 unsafe pickle,

@@ -313,7 +313,8 @@ def reshard_job_create(
     if dispatch:
         from artifacts.tasks import run_reshard_job
 
-        transaction.on_commit(lambda: run_reshard_job.delay(job.pk))
+        # robust: with the broker down the job stays queued and the reaper sends it again.
+        transaction.on_commit(lambda: run_reshard_job.delay(job.pk), robust=True)
     return ReshardRequest(job, created=True)
 
 
@@ -695,11 +696,17 @@ def reshard_jobs_reap_stale(*, now: datetime | None = None, dispatch: bool = Tru
         if unchanged.update(
             status=ReshardStatus.QUEUED,
             phase="",
+            dispatched_at=now,
             error_message=f"Attempt {job.attempts} stopped sending heartbeats; queued again.",
         ):
             reaped += 1
             if dispatch:
                 from artifacts.tasks import run_reshard_job
 
-                transaction.on_commit(lambda pk=job.pk: run_reshard_job.delay(pk))
+                transaction.on_commit(lambda pk=job.pk: run_reshard_job.delay(pk), robust=True)
+    if dispatch:
+        from artifacts.services import redispatch_lost
+        from artifacts.tasks import run_reshard_job
+
+        reaped += redispatch_lost(ReshardJob.objects.all(), run_reshard_job, now=now)
     return reaped

@@ -252,7 +252,8 @@ def verification_enqueue(
         if dispatch:
             from artifacts.tasks import verify_checkpoint
 
-            transaction.on_commit(lambda: verify_checkpoint.delay(job.pk))
+            # robust: with the broker down the job stays queued and the reaper sends it again.
+            transaction.on_commit(lambda: verify_checkpoint.delay(job.pk), robust=True)
     return job
 
 
@@ -432,7 +433,21 @@ def verifications_reap_stale(*, now: datetime | None = None) -> int:
                 state_reason=f"Verification #{job.pk} stopped (worker lost); verify again.",
             )
             reaped += 1
-    return reaped
+    from artifacts.tasks import verify_checkpoint
+
+    return reaped + redispatch_lost(VerificationJob.objects.all(), verify_checkpoint, now=now)
+
+
+def redispatch_lost(jobs: Any, task: Any, *, now: datetime) -> int:
+    """Send again the message of queued jobs that nobody claimed for ARTIFACTS_REDISPATCH_SECONDS
+    (a broker that lost it, a dispatch that failed). Duplicates are harmless: runs claim the row."""
+    cutoff = now - timedelta(seconds=settings.ARTIFACTS_REDISPATCH_SECONDS)
+    sent = 0
+    for job_id in jobs.filter(status="queued", dispatched_at__lt=cutoff).values_list("pk", flat=True)[:500]:
+        if jobs.filter(pk=job_id, status="queued", dispatched_at__lt=cutoff).update(dispatched_at=now):
+            task.delay(job_id)
+            sent += 1
+    return sent
 
 
 def checkpoint_verify_again(*, checkpoint: Checkpoint, actor: User, meta: RequestMeta) -> VerificationJob:

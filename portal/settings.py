@@ -259,5 +259,7 @@ ARTIFACTS_X_ACCEL_PREFIX = env_str("ARTIFACTS_X_ACCEL_PREFIX", "")
 ARTIFACTS_VERIFY_WORKERS = env_int("ARTIFACTS_VERIFY_WORKERS", 0)  # 0: one per CPU core
 ARTIFACTS_VERIFY_SOFT_TIME_LIMIT = env_int("ARTIFACTS_VERIFY_SOFT_TIME_LIMIT", 6 * 3600)
 ARTIFACTS_VERIFY_STALE_SECONDS = env_int("ARTIFACTS_VERIFY_STALE_SECONDS", 600)
+# A queued verification or reshard job unclaimed this long has its task message sent again.
+ARTIFACTS_REDISPATCH_SECONDS = env_int("ARTIFACTS_REDISPATCH_SECONDS", 3600)
 # When set, import_checkpoint accepts local sources only under these directories.
 ARTIFACTS_IMPORT_ROOTS = env_list("ARTIFACTS_IMPORT_ROOTS")

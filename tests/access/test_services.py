@@ -295,3 +295,28 @@ def test_postgres_has_trigram_indexes_for_queue_search() -> None:
         cursor.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'access_application'")
         names = {row[0] for row in cursor.fetchall()}
     assert {f"access_application_{c}_trgm" for c in ("full_name", "email", "affiliation")} <= names
+
+
+def test_a_dead_broker_does_not_fail_a_committed_action(
+    application: Any, reviewer: Any, applicant: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    """The transition commits and the page succeeds; the sweeper sends the email later."""
+    from access.models import Notification
+    from portal.celery import app
+
+    saved = {key: app.conf[key] for key in ("broker_url", "broker_transport_options")}
+    app.conf.update(
+        task_always_eager=False,
+        broker_url="redis://127.0.0.1:1/0",  # nothing listens there
+        broker_transport_options={"max_retries": 0},
+    )
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            application_approve(application=application, reviewer=reviewer, meta=META)
+    finally:
+        app.conf.update(task_always_eager=True, **saved)
+    application.refresh_from_db()
+    assert application.status == ApplicationStatus.APPROVED
+    assert Notification.objects.filter(
+        user=applicant, subject__contains="approved", email_sent_at__isnull=True
+    ).exists()

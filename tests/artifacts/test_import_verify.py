@@ -274,3 +274,19 @@ def test_seed_demo_checkpoints_is_idempotent(gated_release: Any, open_release: A
     call_command("seed_demo_checkpoints", stdout=io.StringIO())
     assert Checkpoint.objects.count() == 2 and VerificationJob.objects.count() == 2
     assert [set(c.files.values_list("sha256", flat=True)) for c in Checkpoint.objects.order_by("release__slug")] == sums
+
+
+def test_reaper_resends_queued_jobs_whose_message_was_lost(gated_release: Any, tmp_path: Path) -> None:
+    """A verification queued while the broker was down is sent again by the periodic reaper, once."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    checkpoint = make_checkpoint(gated_release, tmp_path)
+    job = services.verification_enqueue(checkpoint=checkpoint, dispatch=False)  # never reached a worker
+    assert services.verifications_reap_stale() == 0  # too young to be called lost
+    VerificationJob.objects.filter(pk=job.pk).update(dispatched_at=timezone.now() - timedelta(hours=2))
+    assert services.verifications_reap_stale() == 1  # sent again (tasks run eagerly in tests)
+    job.refresh_from_db()
+    assert job.status == JobStatus.SUCCEEDED
+    assert services.verifications_reap_stale() == 0

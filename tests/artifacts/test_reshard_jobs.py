@@ -312,10 +312,12 @@ def test_transient_faults_retry_with_backoff_then_give_up(
         return real_write(self, key, stream, size=size)
 
     monkeypatch.setattr(LocalStorage, "write_stream", flaky_write)
-    with pytest.raises(Retry) as retry, django_capture_on_commit_callbacks(execute=True):
+    with django_capture_on_commit_callbacks(execute=False):
         outcome = reshard_jobs.reshard_job_create(
             checkpoint=source, to="native", tp=1, dtype="fp16", actor=reviewer, meta=META
         )
+    with pytest.raises(Retry) as retry:
+        run_reshard_job.delay(outcome.job.pk)  # the first delivery
     assert retry.value.when == 60  # backoff: 60 s, then 120, 240... capped at 15 minutes
     assert (reshard_jobs.retry_delay(2), reshard_jobs.retry_delay(9)) == (120, 900)
     job = ReshardJob.objects.get(pk=outcome.job.pk)
@@ -329,10 +331,12 @@ def test_transient_faults_retry_with_backoff_then_give_up(
 
     settings.ARTIFACTS_RESHARD_MAX_ATTEMPTS = 2
     failures["left"] = 100
-    with pytest.raises(Retry), django_capture_on_commit_callbacks(execute=True):
+    with django_capture_on_commit_callbacks(execute=False):
         outcome = reshard_jobs.reshard_job_create(
             checkpoint=source, to="native", tp=2, dtype="fp16", actor=reviewer, meta=META
         )
+    with pytest.raises(Retry):
+        run_reshard_job.delay(outcome.job.pk)
     run_reshard_job.delay(outcome.job.pk)  # the second and last attempt fails the job instead of retrying
     job = ReshardJob.objects.get(pk=outcome.job.pk)
     assert job.status == ReshardStatus.FAILED and job.attempts == 2 and job.exit_code == 1
