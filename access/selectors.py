@@ -313,14 +313,14 @@ def application_signals(application: Application) -> list[Signal]:
                 "warn", f"Email domain {domain} does not obviously match the affiliation “{application.affiliation}”."
             )
         )
+    # Another account applying for the same release under the same name, or from the same address.
+    same = Q(full_name__iexact=application.full_name)
+    if application.submitted_ip:
+        same |= Q(submitted_ip=application.submitted_ip)
     same_person = (
         Application.objects.filter(release=application.release)
         .exclude(applicant=application.applicant)
-        .filter(
-            Q(full_name__iexact=application.full_name) | Q(submitted_ip=application.submitted_ip)
-            if application.submitted_ip
-            else Q(full_name__iexact=application.full_name)
-        )
+        .filter(same)
         .values_list("pk", "email")[:5]
     )
     for pk, email in same_person:
