@@ -320,3 +320,31 @@ def test_a_dead_broker_does_not_fail_a_committed_action(
     assert Notification.objects.filter(
         user=applicant, subject__contains="approved", email_sent_at__isnull=True
     ).exists()
+
+
+def test_reviewer_signals(gated_release: Any) -> None:
+    from access.selectors import application_signals
+
+    matching = factories.make_application(
+        factories.make_user("ann@uni-heidelberg.de", full_name="Ann A"),
+        gated_release,
+        affiliation="Universität Heidelberg",
+    )
+    assert application_signals(matching) == []
+
+    disposable = factories.make_application(factories.make_user("x@mailinator.com"), gated_release, full_name="Ann A")
+    messages = [s.message for s in application_signals(disposable)]
+    assert any("disposable" in m for m in messages)
+    assert any(f"#{matching.pk}" in m and "same name or IP" in m for m in messages)
+
+    mismatch = factories.make_application(
+        factories.make_user("carl@acme-widgets.com"),
+        gated_release,
+        full_name="Carl C",
+        affiliation="Stanford University",
+    )
+    warnings = [s for s in application_signals(mismatch) if s.level == "warn"]
+    assert any("does not obviously match" in s.message for s in warnings)
+
+    free = factories.make_application(factories.make_user("dora@gmail.com"), gated_release, full_name="Dora D")
+    assert any(s.level == "info" and "free-mail" in s.message for s in application_signals(free))
