@@ -99,18 +99,13 @@ class JobStatus(models.TextChoices):
     ERROR = "error", "Error (could not finish)"
 
 
-class VerificationJob(models.Model):
-    """One pass hashing every file of a checkpoint; progress is here for operators to watch."""
+class TrackedJob(models.Model):
+    """What every background job row carries: who asked, attempts and the timestamps that the
+    claim, the heartbeat and the reaper work from."""
 
-    checkpoint = models.ForeignKey(Checkpoint, on_delete=models.CASCADE, related_name="verification_jobs")
-    status = models.CharField(max_length=10, choices=JobStatus.choices, default=JobStatus.QUEUED)
     requested_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
-    bytes_total = models.BigIntegerField(default=0)
-    bytes_hashed = models.BigIntegerField(default=0)
-    files_total = models.PositiveIntegerField(default=0)
-    files_done = models.PositiveIntegerField(default=0)
     attempts = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -118,11 +113,25 @@ class VerificationJob(models.Model):
     # When the task message was last sent: a queued job whose message a broker lost is sent again.
     dispatched_at = models.DateTimeField(default=timezone.now)
     finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        abstract = True
+        ordering = ["-created_at", "-pk"]
+
+
+class VerificationJob(TrackedJob):
+    """One pass hashing every file of a checkpoint; progress is here for operators to watch."""
+
+    checkpoint = models.ForeignKey(Checkpoint, on_delete=models.CASCADE, related_name="verification_jobs")
+    status = models.CharField(max_length=10, choices=JobStatus.choices, default=JobStatus.QUEUED)
+    bytes_total = models.BigIntegerField(default=0)
+    bytes_hashed = models.BigIntegerField(default=0)
+    files_total = models.PositiveIntegerField(default=0)
+    files_done = models.PositiveIntegerField(default=0)
     # {"bad_files": [{"path", "problem"}], "checked": n, "published_list": bool, "seconds": float, ...}
     report = models.JSONField(default=dict, blank=True)
 
-    class Meta:
-        ordering = ["-created_at", "-pk"]
+    class Meta(TrackedJob.Meta):
         indexes = [models.Index(fields=["status", "heartbeat_at"])]
 
     def __str__(self) -> str:
@@ -150,7 +159,7 @@ class ReshardStatus(models.TextChoices):
     FAILED = "failed", "Failed"
 
 
-class ReshardJob(models.Model):
+class ReshardJob(TrackedJob):
     """One conversion of a ready checkpoint into another format / tensor-parallel layout / dtype.
 
     `job_key` names the conversion (source, format, tp, dtype); it is unique among jobs that have not
@@ -162,9 +171,6 @@ class ReshardJob(models.Model):
     tp_size = models.PositiveIntegerField(default=1)
     dtype = models.CharField(max_length=16, help_text="float16, bfloat16 or float32.")
     job_key = models.CharField(max_length=200)
-    requested_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
-    )
     status = models.CharField(max_length=10, choices=ReshardStatus.choices, default=ReshardStatus.QUEUED)
     # While running: materialising, converting, verifying or storing.
     phase = models.CharField(max_length=16, blank=True)
@@ -172,13 +178,6 @@ class ReshardJob(models.Model):
     bytes_total = models.BigIntegerField(default=0)
     tensors_done = models.PositiveIntegerField(default=0)
     tensors_total = models.PositiveIntegerField(default=0)
-    attempts = models.PositiveIntegerField(default=0)
-    created_at = models.DateTimeField(auto_now_add=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    heartbeat_at = models.DateTimeField(null=True, blank=True)
-    # When the task message was last sent: a queued job whose message a broker lost is sent again.
-    dispatched_at = models.DateTimeField(default=timezone.now)
-    finished_at = models.DateTimeField(null=True, blank=True)
     error_message = models.TextField(blank=True)
     # `python -m reshard` exit code of the failure (2 usage, 3 bad input, 4 verification, 5 unsafe pickle,
     # 1 internal); null while nothing failed.
@@ -189,8 +188,7 @@ class ReshardJob(models.Model):
     # {"seconds", "parameter_count", "numerics": {...} | null, "reused_output": bool, ...}
     report = models.JSONField(default=dict, blank=True)
 
-    class Meta:
-        ordering = ["-created_at", "-pk"]
+    class Meta(TrackedJob.Meta):
         indexes = [models.Index(fields=["status", "heartbeat_at"])]
         constraints = [
             models.UniqueConstraint(
