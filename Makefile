@@ -19,8 +19,9 @@ $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
+# `PORT=8001 make demo` (or `make demo PORT=8001`) serves on another port.
 demo: install
-	@scripts/demo.sh
+	@PORT=$(or $(PORT),8000) scripts/demo.sh
 
 # Uses DATABASE_URL / REDIS_URL when set (CI exports them); otherwise starts PostgreSQL and Redis
 # under var/ when they are installed, and falls back to SQLite (Redis tests then skip).
@@ -33,6 +34,7 @@ test: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy reshard/ training/ jobs/ artifacts/services/ artifacts/selectors.py artifacts/tasks.py gateway/ access/services/ access/selectors.py
 
 services-start:
 	@scripts/services.sh install && scripts/services.sh start

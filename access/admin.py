@@ -20,8 +20,8 @@ from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html
 
-from access import services
 from access.errors import AccessError
+from access.forms import AdminLoginForm
 from access.models import (
     ApiKey,
     Application,
@@ -41,10 +41,14 @@ from access.models import (
     ReviewerNote,
     User,
 )
+from access.services.api_keys import api_key_revoke
+from access.services.audit import RequestMeta
+from access.services.grants import grant_revoke
+from access.services.licenses import license_version_publish
 
 
-def _admin_meta(request: HttpRequest) -> services.RequestMeta:
-    return services.RequestMeta.from_request(request)
+def _admin_meta(request: HttpRequest) -> RequestMeta:
+    return RequestMeta.from_request(request)
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -133,7 +137,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
     def revoke_keys(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
         keys = list(queryset.filter(revoked_at__isnull=True))
         for key in keys:
-            services.api_key_revoke(key=key, actor=request.user)  # type: ignore[arg-type]
+            api_key_revoke(key=key, actor=request.user)  # type: ignore[arg-type]
         self.message_user(request, f"{len(keys)} API key(s) revoked.", messages.SUCCESS)
 
 
@@ -173,7 +177,7 @@ class LicenseAdmin(admin.ModelAdmin):
         # New versions go through the service: it stamps the time and writes the audit event.
         for version in formset.save(commit=False):
             if version.pk is None:
-                services.license_version_publish(
+                license_version_publish(
                     license_id=form.instance.pk,
                     version=version.version,
                     text=version.text,
@@ -346,6 +350,7 @@ class GrantAdmin(admin.ModelAdmin):
         "revoked_at",
         "revoked_by",
         "revoke_reason",
+        "superseded_at",  # set by the approval that issued the next grant; clearing it would break the constraint
     )
     action_form = GrantActionForm
     actions = ("revoke_grants",)
@@ -373,7 +378,7 @@ class GrantAdmin(admin.ModelAdmin):
         revoked = 0
         for grant in queryset.filter(status=GrantStatus.ACTIVE).select_related("user", "release", "application"):
             try:
-                services.grant_revoke(grant=grant, actor=request.user, reason=reason, meta=_admin_meta(request))  # type: ignore[arg-type]
+                grant_revoke(grant=grant, actor=request.user, reason=reason, meta=_admin_meta(request))  # type: ignore[arg-type]
                 revoked += 1
             except AccessError as exc:
                 self.message_user(request, exc.message, messages.WARNING)
@@ -402,3 +407,7 @@ class NotificationAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
+
+
+# The admin's password form goes through the portal's sign-in throttle, so /admin/login/ is no side door.
+admin.site.login_form = AdminLoginForm

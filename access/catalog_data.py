@@ -117,7 +117,7 @@ class ReleaseData:
 @dataclass(frozen=True)
 class RejectionTemplateData:
     title: str
-    body: str  # may use {release} and {name}; services.rejection_template_render fills them
+    body: str  # may use {release} and {name}; services.reviews.rejection_template_render fills them
 
 
 @dataclass(frozen=True)

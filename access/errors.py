@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from django.core.exceptions import PermissionDenied
+
 
 class AccessError(Exception):
     """Base class. `code` is stable for API clients; the message is for people."""
@@ -29,3 +33,14 @@ class Conflict(AccessError):
 
     code = "conflict"
     http_status = 409
+
+
+class AccessRefused(NotAllowed, PermissionDenied):
+    """No access to a release now (revoked, expired, license changed...). Carries the decision, so the
+    403 page can say why and what to do next instead of a bare "not allowed"; the API answers it as
+    any NotAllowed."""
+
+    def __init__(self, decision: Any, *, release: Any) -> None:
+        super().__init__(decision.message)
+        self.decision = decision
+        self.release = release

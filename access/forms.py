@@ -6,16 +6,28 @@ service would report is shown next to its field in one round trip, with the same
 
 from __future__ import annotations
 
-from functools import cache
-from typing import Any
+from typing import Any, cast
 
-import pycountry
 from django import forms
 from django.conf import settings
+from django.contrib.admin.forms import AdminAuthenticationForm
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
 
+from access import throttle
+from access.countries import country_choices
 from access.errors import AccessError
+from access.limits import (
+    FILTER_DATE_ERROR,
+    MAX_FILTER_DATE,
+    MAX_NAME,
+    MAX_PUBLICATION,
+    MAX_PUBLICATIONS,
+    MAX_TEXT,
+    MIN_FILTER_DATE,
+)
 from access.models import OrganizationType
-from access.services import MAX_PUBLICATIONS, ApplicationInput
+from access.services.applications import ApplicationInput
 
 
 def apply_service_error(form: forms.Form, exc: AccessError) -> None:
@@ -30,16 +42,29 @@ def apply_service_error(form: forms.Form, exc: AccessError) -> None:
         form.add_error(name if name in form.fields else None, message)
 
 
+class FilterDateField(forms.DateField):
+    """A date to filter by, bounded like the API's (access.limits), so "the day after" cannot overflow."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(
+            validators=[
+                MinValueValidator(MIN_FILTER_DATE, FILTER_DATE_ERROR),
+                MaxValueValidator(MAX_FILTER_DATE, FILTER_DATE_ERROR),
+            ],
+            **kwargs,
+        )
+
+
 # --- Accounts ---------------------------------------------------------------------------------
 
 
 class SignupForm(forms.Form):
     email = forms.EmailField(max_length=254, widget=forms.EmailInput(attrs={"autocomplete": "email"}))
     full_name = forms.CharField(
-        label="Full name", max_length=200, widget=forms.TextInput(attrs={"autocomplete": "name"})
+        label="Full name", max_length=MAX_NAME, widget=forms.TextInput(attrs={"autocomplete": "name"})
     )
     affiliation = forms.CharField(
-        max_length=200,
+        max_length=MAX_NAME,
         help_text="University, institute or company you do research with.",
         widget=forms.TextInput(attrs={"autocomplete": "organization"}),
     )
@@ -53,7 +78,7 @@ class SignupForm(forms.Form):
     )
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        data = super().clean() or {}
         if data.get("password") and data.get("password_again") and data["password"] != data["password_again"]:
             self.add_error("password_again", "The two passwords differ. Type the same password twice.")
         return data
@@ -66,9 +91,26 @@ class LoginForm(forms.Form):
     password = forms.CharField(strip=False, widget=forms.PasswordInput(attrs={"autocomplete": "current-password"}))
 
 
+class AdminLoginForm(AdminAuthenticationForm):
+    """The Django admin's sign-in, under the same throttle as the portal's (see access/throttle.py)."""
+
+    def clean(self) -> dict[str, Any]:
+        email = self.cleaned_data.get("username")
+        password = self.cleaned_data.get("password")
+        if email is not None and password:
+            user, locked = throttle.authenticate_throttled(self.request, email=email, password=password)
+            if locked is not None:
+                raise ValidationError(locked.message, code="locked")
+            if user is None:
+                raise self.get_invalid_login_error()
+            self.user_cache = user
+            self.confirm_login_allowed(user)
+        return self.cleaned_data
+
+
 class ProfileForm(forms.Form):
-    full_name = forms.CharField(label="Full name", max_length=200, required=False)
-    affiliation = forms.CharField(max_length=200, required=False)
+    full_name = forms.CharField(label="Full name", max_length=MAX_NAME, required=False)
+    affiliation = forms.CharField(max_length=MAX_NAME, required=False)
 
 
 class ApiKeyForm(forms.Form):
@@ -96,23 +138,19 @@ class LicenseAcceptForm(forms.Form):
         self.fields["accept"].label = f"I accept {license_label}"
 
 
-@cache
-def country_choices() -> list[tuple[str, str]]:
-    countries = sorted(pycountry.countries, key=lambda c: getattr(c, "common_name", None) or c.name)
-    return [(c.alpha_2, getattr(c, "common_name", None) or c.name) for c in countries]
-
-
 class ApplicationForm(forms.Form):
     """The license application. Everything the applicant types is kept on any error."""
 
     full_name = forms.CharField(
         label="Full name",
-        max_length=200,
+        max_length=MAX_NAME,
         required=False,
         widget=forms.TextInput(attrs={"required": True, "autocomplete": "name"}),
     )
     affiliation = forms.CharField(
-        max_length=200, required=False, widget=forms.TextInput(attrs={"required": True, "autocomplete": "organization"})
+        max_length=MAX_NAME,
+        required=False,
+        widget=forms.TextInput(attrs={"required": True, "autocomplete": "organization"}),
     )
     organization_type = forms.ChoiceField(
         label="Organization type",
@@ -121,23 +159,29 @@ class ApplicationForm(forms.Form):
         widget=forms.Select(attrs={"required": True}),
     )
     role = forms.CharField(
-        max_length=200,
+        max_length=MAX_NAME,
         required=False,
         help_text="For example: PhD student, research scientist.",
         widget=forms.TextInput(attrs={"required": True}),
     )
     country = forms.ChoiceField(label="Country", required=False, widget=forms.Select(attrs={"required": True}))
     research_purpose = forms.CharField(
-        label="Research purpose", required=False, widget=forms.Textarea(attrs={"required": True, "rows": 8})
+        label="Research purpose",
+        max_length=MAX_TEXT,
+        required=False,
+        widget=forms.Textarea(attrs={"required": True, "rows": 8}),
     )
     intended_use = forms.CharField(
         label="Intended use",
+        max_length=MAX_TEXT,
         required=False,
         help_text="What you will run the model on, and what you will do with its outputs.",
         widget=forms.Textarea(attrs={"required": True, "rows": 5}),
     )
     publications = forms.CharField(
         label="Related publications",
+        # Every line at its longest, so the whole box is bounded too; the service checks each line.
+        max_length=MAX_PUBLICATIONS * (MAX_PUBLICATION + 1),
         required=False,
         help_text=f"Optional. One URL (https://…) or DOI (10.1234/abcd) per line, at most {MAX_PUBLICATIONS}.",
         widget=forms.Textarea(attrs={"rows": 4}),
@@ -152,7 +196,7 @@ class ApplicationForm(forms.Form):
 
     def __init__(self, *args: Any, license_label: str = "the license", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["country"].choices = [("", "Choose…"), *country_choices()]
+        cast(forms.ChoiceField, self.fields["country"]).choices = [("", "Choose…"), *country_choices()]
         self.fields["accept_license"].label = f"I accept {license_label}"
         minimum = settings.RESEARCH_PURPOSE_MIN_LENGTH
         self.fields[
@@ -181,7 +225,7 @@ class ApplicationForm(forms.Form):
         )
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        data = super().clean() or {}
         # The service's own checks, so all field errors appear at once and read the same everywhere.
         for name, message in self.to_input().clean().items():
             if name not in self.errors:
@@ -192,6 +236,7 @@ class ApplicationForm(forms.Form):
 class AnswerForm(forms.Form):
     message = forms.CharField(
         label="Your answer",
+        max_length=MAX_TEXT,
         widget=forms.Textarea(attrs={"rows": 6}),
         error_messages={"required": "Write your answer before sending it."},
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import smtplib
+from datetime import timedelta
 
 from celery import shared_task
 from django.conf import settings
@@ -41,7 +42,7 @@ def send_notification_email(notification_id: int) -> None:
 @shared_task(acks_late=True, soft_time_limit=120, time_limit=180)
 def sweep_unsent_notifications() -> int:
     """Re-enqueue emails whose task was lost (broker restart, killed worker). Runs periodically."""
-    stale = timezone.now() - timezone.timedelta(minutes=5)
+    stale = timezone.now() - timedelta(minutes=5)
     ids = list(
         Notification.objects.filter(email_sent_at__isnull=True, created_at__lt=stale, email_attempts__lt=8).values_list(
             "pk", flat=True
@@ -55,6 +56,6 @@ def sweep_unsent_notifications() -> int:
 @shared_task(acks_late=True, soft_time_limit=120, time_limit=180)
 def remind_expiring_grants() -> int:
     """Tell holders once that their grant is about to expire, with the renewal link."""
-    from access.services import grants_remind_expiring
+    from access.services.grants import grants_remind_expiring
 
     return grants_remind_expiring()

@@ -1,21 +1,35 @@
-"""Sign-in throttling: failed attempts counted per email and per client IP in Django's cache.
+"""Sign-in throttling for every password form (the portal's and the Django admin's).
 
-A sliding window: each failure stores its instant; a key is locked while it holds `limit` failures
-younger than `settings.LOGIN_LOCKOUT_SECONDS`. While locked, even the right password is refused, so
-guessing is capped at LOGIN_MAX_FAILURES per window per account (and 4x that per IP, so one
-network cannot sweep many accounts). A successful sign-in or a password reset clears the email's
-counter; the IP counter only ages out.
+Failures are counted in Django's cache in a sliding window of `settings.LOGIN_LOCKOUT_SECONDS`:
+- per account *and* client address: LOGIN_MAX_FAILURES failures lock that account from that address;
+- per client address: 4x that, so one network cannot sweep many accounts.
+While a key is locked even the right password is refused, so guessing is capped per address.
+
+There is deliberately no per-account lock across all addresses: anyone who knows an email address
+could then keep its owner out indefinitely from everywhere. An attacker hammering an account from
+one address locks only themselves; the owner signs in from their own address. Guessing spread over
+many addresses is bounded by the password rules (10+ characters, not common, not all digits).
+IPv6 addresses count per /64, the block one subscriber usually holds, so rotating addresses inside
+it does not buy more guesses.
+
+A successful sign-in clears its (account, address) counter; a password reset clears the account's
+counters from every address (a generation number in the key, since a cache cannot list keys).
 """
 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import math
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from django.conf import settings
+from django.contrib.auth import authenticate
 from django.core.cache import cache
+
+from portal.client_ip import client_ip
 
 IP_LIMIT_FACTOR = 4
 
@@ -27,7 +41,7 @@ def _now() -> float:
 
 @dataclass(frozen=True)
 class Lockout:
-    scope: str  # "email" or "ip"
+    scope: str  # "account" (this account from this address) or "ip" (this address, any account)
     retry_after_seconds: int
 
     @property
@@ -37,7 +51,7 @@ class Lockout:
     @property
     def message(self) -> str:
         unit = "minute" if self.minutes == 1 else "minutes"
-        if self.scope == "email":
+        if self.scope == "account":
             return (
                 "Too many failed sign-in attempts for this account. "
                 f"Try again in {self.minutes} {unit}, or reset your password."
@@ -48,13 +62,33 @@ class Lockout:
         )
 
 
-def _key(scope: str, value: str) -> str:
+def _hash(value: str) -> str:
     # Hashed: emails and IPv6 addresses contain characters some cache backends refuse in keys.
-    return f"login-fail:{scope}:{hashlib.sha256(value.encode()).hexdigest()[:32]}"
+    return hashlib.sha256(value.encode()).hexdigest()[:32]
+
+
+def _normalize_email(email: str) -> str:
+    return email.strip().lower()
+
+
+def _address_bucket(ip: str | None) -> str:
+    if not ip:
+        return "unknown"
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip
+    if address.version == 6:
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
+
+
+def _generation_key(email: str) -> str:
+    return f"login-gen:{_hash(_normalize_email(email))}"
 
 
 def _limits() -> dict[str, int]:
-    return {"email": settings.LOGIN_MAX_FAILURES, "ip": settings.LOGIN_MAX_FAILURES * IP_LIMIT_FACTOR}
+    return {"account": settings.LOGIN_MAX_FAILURES, "ip": settings.LOGIN_MAX_FAILURES * IP_LIMIT_FACTOR}
 
 
 def _recent(key: str, now: float) -> list[float]:
@@ -63,14 +97,17 @@ def _recent(key: str, now: float) -> list[float]:
 
 
 def _scopes(email: str, ip: str | None) -> list[tuple[str, str]]:
-    scopes = [("email", _key("email", email.strip().lower()))]
+    bucket = _address_bucket(ip)
+    generation = cache.get(_generation_key(email), 0)
+    account = _hash(f"{_normalize_email(email)}\n{generation}\n{bucket}")
+    scopes = [("account", f"login-fail:account:{account}")]
     if ip:
-        scopes.append(("ip", _key("ip", ip)))
+        scopes.append(("ip", f"login-fail:ip:{_hash(bucket)}"))
     return scopes
 
 
 def lockout(*, email: str, ip: str | None) -> Lockout | None:
-    """The lockout in force for this email or IP, or None when a sign-in may be tried."""
+    """The lockout in force for this account from this address, or None when a sign-in may be tried."""
     now = _now()
     limits = _limits()
     for scope, key in _scopes(email, ip):
@@ -95,5 +132,29 @@ def record_failure(*, email: str, ip: str | None) -> Lockout | None:
     return lockout(email=email, ip=ip)
 
 
-def reset(*, email: str) -> None:
-    cache.delete(_key("email", email.strip().lower()))
+def reset(*, email: str, ip: str | None) -> None:
+    """After a successful sign-in: forget this account's failures from this address."""
+    cache.delete(_scopes(email, ip)[0][1])
+
+
+def reset_account(*, email: str) -> None:
+    """After a password reset: forget this account's failures from every address."""
+    key = _generation_key(email)
+    cache.set(key, cache.get(key, 0) + 1, timeout=None)
+
+
+def authenticate_throttled(request: Any, *, email: str, password: str) -> tuple[Any, Lockout | None]:
+    """Check a password under the throttle: (user, None) on success, (None, lockout or None) otherwise.
+
+    Every password sign-in (portal and admin) goes through here, so no form can guess around the limits.
+    """
+    email = _normalize_email(email)
+    ip = client_ip(request)
+    locked = lockout(email=email, ip=ip)
+    if locked is not None:
+        return None, locked
+    user = authenticate(request, username=email, password=password)
+    if user is not None:
+        reset(email=email, ip=ip)
+        return user, None
+    return None, record_failure(email=email, ip=ip)

@@ -1,4 +1,5 @@
-"""Published checksum lists and checkpoint format detection. Plain Python: no Django, no I/O.
+"""Published checksum lists. Plain Python: no Django, no I/O. (What format a checkpoint is in,
+reshard decides: `reshard.detect_files`.)
 
 Checksum formats (auto-detected):
 - OPT's CSV: a `shard,md5sum` header (optional) then `file,md5` rows;
@@ -8,7 +9,6 @@ Checksum formats (auto-detected):
 
 from __future__ import annotations
 
-import fnmatch
 import re
 from dataclasses import dataclass, field
 
@@ -108,51 +108,3 @@ def match_published(published: PublishedSums, paths: list[str]) -> tuple[dict[st
                 continue
             matches.setdefault(target, {})[algorithm] = digest
     return matches, sorted(set(missing))
-
-
-# --- Formats ----------------------------------------------------------------------------------
-
-NATIVE_MARKER = "openrelease_native"
-
-
-class UnknownFormat(ValueError):
-    pass
-
-
-def detect_format(paths: list[str], *, read_text: object = None) -> str:
-    """The checkpoint format from file names; `read_text(path) -> str` reads small JSON files.
-
-    Raises UnknownFormat saying what was found and to pass --format.
-    """
-    names = [p.rsplit("/", 1)[-1] for p in paths]
-
-    def any_match(pattern: str) -> bool:
-        return any(fnmatch.fnmatch(n, pattern) for n in names)
-
-    if any_match("checkpoint_last-model_part-*-shard*.pt"):
-        return "metaseq-fsdp"
-    if any_match("reshard-model_part-*.pt"):
-        return "metaseq"
-    if "manifest.json" in names and "config.json" in names and callable(read_text):
-        manifest_path = paths[names.index("manifest.json")]
-        try:
-            text = read_text(manifest_path)
-        except (OSError, ValueError):
-            text = ""
-        if NATIVE_MARKER in text:
-            return "native"
-    if "config.json" in names and (any_match("*.safetensors") or any_match("pytorch_model*.bin")):
-        return "hf"
-    shown = ", ".join(sorted(names)[:8]) + (" …" if len(names) > 8 else "")
-    raise UnknownFormat(
-        f"Cannot tell the checkpoint format from its file names ({shown or 'no files'}); "
-        "pass --format metaseq-fsdp, metaseq, hf or native."
-    )
-
-
-def detect_tp_size(fmt: str, paths: list[str]) -> int:
-    pattern = {"metaseq-fsdp": r"model_part-(\d+)-shard", "metaseq": r"reshard-model_part-(\d+)"}.get(fmt)
-    if not pattern:
-        return 1
-    parts = {int(m.group(1)) for p in paths if (m := re.search(pattern, p))}
-    return max(len(parts), 1)

@@ -106,14 +106,19 @@ def hash_files(
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hash") as pool:
         futures: dict[Future[FileDigest], str] = {pool.submit(one, name, opener): name for name, opener in items}
         pending = set(futures)
-        while pending:
-            done, pending = wait(pending, timeout=tick_seconds, return_when=FIRST_COMPLETED)
-            for future in done:
-                try:
-                    digests.append(future.result())
-                except Exception as error:  # noqa: BLE001 - every unreadable file goes in the report
-                    progress.file_done()
-                    failures.append(HashFailure(name=futures[future], error=f"{type(error).__name__}: {error}"))
-            if on_tick:
-                on_tick(progress)
+        try:
+            while pending:
+                done, pending = wait(pending, timeout=tick_seconds, return_when=FIRST_COMPLETED)
+                for future in done:
+                    try:
+                        digests.append(future.result())
+                    except Exception as error:  # noqa: BLE001 - every unreadable file goes in the report
+                        progress.file_done()
+                        failures.append(HashFailure(name=futures[future], error=f"{type(error).__name__}: {error}"))
+                if on_tick:
+                    on_tick(progress)
+        except BaseException:
+            # on_tick stopped the pass (a cancelled job) or a time limit hit: start no further file.
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
     return digests, failures

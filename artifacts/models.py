@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.db import models
-from django.utils import timezone
+
+from jobs.models import Job, JobStatus
 
 
 class CheckpointFormat(models.TextChoices):
@@ -37,7 +38,7 @@ class Checkpoint(models.Model):
     derived_from = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.PROTECT, related_name="derivatives"
     )
-    # Reshard jobs arrive in a later issue; until then a free-form record of what produced it.
+    # The job that produced it, e.g. {"kind": "reshard", "id": 12}; null for imports.
     produced_by_job = models.JSONField(null=True, blank=True)
     source_uri = models.CharField(max_length=1000, blank=True)
     # The parsed --checksums list: {"kind", "unmatched": [names listed but not in the checkpoint]}.
@@ -91,39 +92,22 @@ class CheckpointFile(models.Model):
         return self.path.rsplit("/", 1)[-1]
 
 
-class JobStatus(models.TextChoices):
+class VerificationStatus(models.TextChoices):
+    # The job statuses (jobs.models.JobStatus), except that "failed" is a verdict (bad bytes found)
+    # and "error" means the pass could not finish.
     QUEUED = "queued", "Queued"
     RUNNING = "running", "Running"
     SUCCEEDED = "succeeded", "Succeeded"
     FAILED = "failed", "Failed (checkpoint quarantined)"
     ERROR = "error", "Error (could not finish)"
+    CANCELLED = "cancelled", "Cancelled"
 
 
-class TrackedJob(models.Model):
-    """What every background job row carries: who asked, attempts and the timestamps that the
-    claim, the heartbeat and the reaper work from."""
-
-    requested_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
-    )
-    attempts = models.PositiveIntegerField(default=0)
-    created_at = models.DateTimeField(auto_now_add=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    heartbeat_at = models.DateTimeField(null=True, blank=True)
-    # When the task message was last sent: a queued job whose message a broker lost is sent again.
-    dispatched_at = models.DateTimeField(default=timezone.now)
-    finished_at = models.DateTimeField(null=True, blank=True)
-
-    class Meta:
-        abstract = True
-        ordering = ["-created_at", "-pk"]
-
-
-class VerificationJob(TrackedJob):
+class VerificationJob(Job):
     """One pass hashing every file of a checkpoint; progress is here for operators to watch."""
 
     checkpoint = models.ForeignKey(Checkpoint, on_delete=models.CASCADE, related_name="verification_jobs")
-    status = models.CharField(max_length=10, choices=JobStatus.choices, default=JobStatus.QUEUED)
+    status = models.CharField(max_length=10, choices=VerificationStatus.choices, default=VerificationStatus.QUEUED)
     bytes_total = models.BigIntegerField(default=0)
     bytes_hashed = models.BigIntegerField(default=0)
     files_total = models.PositiveIntegerField(default=0)
@@ -131,7 +115,7 @@ class VerificationJob(TrackedJob):
     # {"bad_files": [{"path", "problem"}], "checked": n, "published_list": bool, "seconds": float, ...}
     report = models.JSONField(default=dict, blank=True)
 
-    class Meta(TrackedJob.Meta):
+    class Meta(Job.Meta):
         indexes = [models.Index(fields=["status", "heartbeat_at"])]
 
     def __str__(self) -> str:
@@ -141,10 +125,6 @@ class VerificationJob(TrackedJob):
     def percent(self) -> float:
         return 100.0 * self.bytes_hashed / self.bytes_total if self.bytes_total else 0.0
 
-    @property
-    def is_active(self) -> bool:
-        return self.status in {JobStatus.QUEUED, JobStatus.RUNNING}
-
 
 class ReshardFormat(models.TextChoices):
     NATIVE = "native", "OpenRelease native"
@@ -152,18 +132,12 @@ class ReshardFormat(models.TextChoices):
     METASEQ = "metaseq", "metaseq consolidated parts"
 
 
-class ReshardStatus(models.TextChoices):
-    QUEUED = "queued", "Queued"
-    RUNNING = "running", "Running"
-    SUCCEEDED = "succeeded", "Succeeded"
-    FAILED = "failed", "Failed"
-
-
-class ReshardJob(TrackedJob):
+class ReshardJob(Job):
     """One conversion of a ready checkpoint into another format / tensor-parallel layout / dtype.
 
     `job_key` names the conversion (source, format, tp, dtype); it is unique among jobs that have not
-    failed, so asking for the same conversion again returns the queued, running or finished job.
+    failed or been cancelled, so asking for the same conversion again returns the queued, running or
+    finished job. Phases while running: materialising, converting, verifying, storing.
     """
 
     source = models.ForeignKey(Checkpoint, on_delete=models.PROTECT, related_name="reshard_jobs")
@@ -171,14 +145,10 @@ class ReshardJob(TrackedJob):
     tp_size = models.PositiveIntegerField(default=1)
     dtype = models.CharField(max_length=16, help_text="float16, bfloat16 or float32.")
     job_key = models.CharField(max_length=200)
-    status = models.CharField(max_length=10, choices=ReshardStatus.choices, default=ReshardStatus.QUEUED)
-    # While running: materialising, converting, verifying or storing.
-    phase = models.CharField(max_length=16, blank=True)
     bytes_done = models.BigIntegerField(default=0)
     bytes_total = models.BigIntegerField(default=0)
     tensors_done = models.PositiveIntegerField(default=0)
     tensors_total = models.PositiveIntegerField(default=0)
-    error_message = models.TextField(blank=True)
     # `python -m reshard` exit code of the failure (2 usage, 3 bad input, 4 verification, 5 unsafe pickle,
     # 1 internal); null while nothing failed.
     exit_code = models.SmallIntegerField(null=True, blank=True)
@@ -188,11 +158,13 @@ class ReshardJob(TrackedJob):
     # {"seconds", "parameter_count", "numerics": {...} | null, "reused_output": bool, ...}
     report = models.JSONField(default=dict, blank=True)
 
-    class Meta(TrackedJob.Meta):
+    class Meta(Job.Meta):
         indexes = [models.Index(fields=["status", "heartbeat_at"])]
         constraints = [
             models.UniqueConstraint(
-                fields=["job_key"], condition=~models.Q(status="failed"), name="uniq_reshard_job_key_unless_failed"
+                fields=["job_key"],
+                condition=~models.Q(status__in=[JobStatus.FAILED, JobStatus.CANCELLED]),
+                name="uniq_reshard_job_key_unless_failed",
             )
         ]
 
@@ -204,10 +176,6 @@ class ReshardJob(TrackedJob):
     @property
     def percent(self) -> float:
         return 100.0 * self.bytes_done / self.bytes_total if self.bytes_total else 0.0
-
-    @property
-    def is_active(self) -> bool:
-        return self.status in {ReshardStatus.QUEUED, ReshardStatus.RUNNING}
 
 
 class DownloadEvent(models.Model):

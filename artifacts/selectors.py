@@ -1,12 +1,13 @@
 """Reads of the artifacts app. Guarded rows have one door each:
 
 - `access_downloadable_checkpoint`: a ready checkpoint the actor may download now (404 when it does not
-  exist or is not ready; NotAllowed with the access decision's message otherwise);
-- `access_operator_checkpoint` / `require_operator`: operators (staff) and reviewers only.
+  exist or is not ready; AccessRefused with the access decision's message otherwise);
+- `access_operator_checkpoint`, `access_reshard_job`: reviewers and superusers only (`access.selectors.is_reviewer`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -14,19 +15,10 @@ from typing import Any
 from django.db.models import Count, Max, QuerySet, Sum
 from django.http import Http404
 
-from access.errors import NotAllowed
+from access.errors import AccessRefused
 from access.models import Grant
-from access.selectors import AccessDecision, release_access_check
-from artifacts.models import Checkpoint, CheckpointFile, CheckpointState, DownloadEvent, VerificationJob
-
-
-def is_operator(user: Any) -> bool:
-    return bool(user and user.is_authenticated and user.is_active and (user.is_staff or user.is_reviewer))
-
-
-def require_operator(user: Any) -> None:
-    if not is_operator(user):
-        raise NotAllowed("Only operators and reviewers can see checkpoints and downloads.")
+from access.selectors import AccessDecision, is_reviewer, release_access_check
+from artifacts.models import Checkpoint, CheckpointFile, CheckpointState, DownloadEvent, ReshardJob, VerificationJob
 
 
 def _checkpoint_by_id(checkpoint_id: Any) -> Checkpoint:
@@ -42,12 +34,12 @@ def access_downloadable_checkpoint(*, actor: Any, checkpoint_id: Any) -> tuple[C
         raise Http404("No such checkpoint.")
     decision = release_access_check(user=actor, release=checkpoint.release)
     if not decision.allowed:
-        raise NotAllowed(decision.message)
+        raise AccessRefused(decision, release=checkpoint.release)
     return checkpoint, decision
 
 
 def access_operator_checkpoint(*, actor: Any, checkpoint_id: Any) -> Checkpoint:
-    if not is_operator(actor):
+    if not is_reviewer(actor):
         raise Http404("No such checkpoint.")
     return _checkpoint_by_id(checkpoint_id)
 
@@ -63,7 +55,7 @@ def downloadable_checkpoints(*, user: Any) -> list[Checkpoint]:
         .order_by("release__sort_order", "release__slug", "variant")
     )
     allowed: dict[int, bool] = {}
-    result = []
+    result: list[Checkpoint] = []
     for checkpoint in checkpoints:
         if checkpoint.release_id not in allowed:
             allowed[checkpoint.release_id] = release_access_check(user=user, release=checkpoint.release).allowed
@@ -76,6 +68,11 @@ def checkpoint_files(checkpoint: Checkpoint) -> QuerySet[CheckpointFile]:
     return checkpoint.files.order_by("path")
 
 
+def checkpoint_size(checkpoint: Checkpoint) -> int:
+    """The bytes of every file of the checkpoint, as stored."""
+    return int(checkpoint.files.aggregate(total=Sum("size"))["total"] or 0)
+
+
 def latest_verification(checkpoint: Checkpoint) -> VerificationJob | None:
     return checkpoint.verification_jobs.order_by("-created_at", "-pk").first()
 
@@ -83,15 +80,13 @@ def latest_verification(checkpoint: Checkpoint) -> VerificationJob | None:
 def operator_checkpoints() -> QuerySet[Checkpoint]:
     return (
         Checkpoint.objects.select_related("release", "derived_from")
-        .annotate(
-            file_count=Count("files", distinct=True),
-            total_size=Sum("files__size", distinct=True),
-        )
+        # One join (files), so no distinct: SUM(DISTINCT size) would count equal-sized shards once.
+        .annotate(file_count=Count("files"), total_size=Sum("files__size"))
         .order_by("release__slug", "variant")
     )
 
 
-def checkpoint_download_counts() -> dict[int, dict[str, Any]]:
+def checkpoint_download_counts() -> dict[int, Mapping[str, Any]]:
     """Per checkpoint: full-file equivalents served, requests, distinct users, bytes."""
     rows = (
         DownloadEvent.objects.values("file__checkpoint_id")
@@ -134,7 +129,7 @@ def downloads_by_grant() -> list[GrantDownloads]:
     ]
 
 
-def grant_file_downloads(grant: Grant) -> list[dict[str, Any]]:
+def grant_file_downloads(grant: Grant) -> list[Mapping[str, Any]]:
     return list(
         DownloadEvent.objects.filter(grant=grant)
         .values("file_id", "file__path", "file__size", "file__checkpoint__variant")
@@ -145,3 +140,43 @@ def grant_file_downloads(grant: Grant) -> list[dict[str, Any]]:
 
 def grant_recent_events(grant: Grant, limit: int = 50) -> QuerySet[DownloadEvent]:
     return DownloadEvent.objects.filter(grant=grant).select_related("file")[:limit]
+
+
+# --- Reshard jobs -----------------------------------------------------------------------------
+
+
+def access_reshard_job(*, actor: Any, job_id: Any) -> ReshardJob:
+    """The job for operators and reviewers; 404 for everyone else and for unknown ids."""
+    if not is_reviewer(actor):
+        raise Http404("No such reshard job.")
+    try:
+        return ReshardJob.objects.select_related("source__release", "output", "requested_by").get(pk=int(job_id))
+    except (ReshardJob.DoesNotExist, ValueError, TypeError):
+        raise Http404("No such reshard job.") from None
+
+
+def checkpoint_reshard_jobs(checkpoint: Checkpoint) -> QuerySet[ReshardJob]:
+    return checkpoint.reshard_jobs.select_related("output", "requested_by").order_by("-created_at", "-pk")
+
+
+def reshard_job_progress(job: ReshardJob) -> dict[str, Any]:
+    """What the live jobs table and the API show for one job."""
+    return {
+        "id": job.pk,
+        "source": job.source_id,
+        "to": job.target_format,
+        "tp": job.tp_size,
+        "dtype": job.dtype,
+        "status": job.status,
+        "phase": job.phase,
+        "bytes_done": job.bytes_done,
+        "bytes_total": job.bytes_total,
+        "tensors_done": job.tensors_done,
+        "tensors_total": job.tensors_total,
+        "percent": round(job.percent, 1),
+        "attempts": job.attempts,
+        "heartbeat_at": job.heartbeat_at.isoformat() if job.heartbeat_at else None,
+        "error": job.error_message,
+        "exit_code": job.exit_code,
+        "output": job.output_id,
+    }

@@ -16,9 +16,10 @@ from urllib.parse import quote
 
 from django.conf import settings
 from django.http import FileResponse, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.http.response import HttpResponseBase
 from django.shortcuts import render
 
-from artifacts.services import DownloadRefused, Redemption, download_settle
+from artifacts.services.downloads import DownloadRefused, Redemption, download_settle
 
 
 class RangeFile:
@@ -74,7 +75,7 @@ class _FileResponse(FileResponse):
     block_size = 1024 * 1024
 
 
-def _common_headers(response: HttpResponse, redemption: Redemption) -> None:
+def _common_headers(response: HttpResponseBase, redemption: Redemption) -> None:
     response["ETag"] = redemption.etag
     response["Accept-Ranges"] = "bytes"
     response["Cache-Control"] = "private, no-transform"
@@ -85,13 +86,15 @@ def _disposition(name: str) -> str:
     return f"attachment; filename=\"{name}\"; filename*=UTF-8''{quote(name)}"
 
 
-def download_response(redemption: Redemption, *, head: bool = False) -> HttpResponse:
+def download_response(redemption: Redemption, *, head: bool = False) -> HttpResponseBase:
     row = redemption.file
+    response: HttpResponseBase
     if redemption.not_modified:
         response = HttpResponse(status=304)
         _common_headers(response, redemption)
         return response
-    if redemption.via == "s3-redirect":
+    if redemption.via == "s3-redirect" and not head:
+        # HEAD is answered here: a presigned GET URL would serve the whole object while counting nothing.
         assert redemption.redirect_url
         response = HttpResponseRedirect(redemption.redirect_url)
         response["Cache-Control"] = "no-store"

@@ -3,7 +3,10 @@
 The key is derived from SECRET_KEY with a salt used for nothing else, so a link signature can never
 be replayed as a session, password-reset or any other Django signature. A token is
 `<file>.<user>.<grant or 0>.<expiry unix>.<hex mac>`: readable in logs, and any edit to any part
-breaks the MAC.
+breaks the MAC. A token has exactly one spelling: one that decodes to valid claims but is not the
+spelling `sign_link` writes (leading zeros, other scripts' digits, an upper-case MAC, a trailing
+newline) is refused like a tampered one, so a link cannot be varied to dodge caches, logs or
+per-link records.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from django.utils import timezone
 from django.utils.crypto import constant_time_compare, salted_hmac
 
 SALT = "openrelease.artifacts.download-link.v1"
-_TOKEN = re.compile(r"^(\d{1,18})\.(\d{1,18})\.(\d{1,18})\.(\d{1,12})\.([0-9a-f]{64})$")
+_TOKEN = re.compile(r"([0-9]{1,18})\.([0-9]{1,18})\.([0-9]{1,18})\.([0-9]{1,12})\.([0-9a-f]{64})", re.ASCII)
 
 
 class BadSignature(ValueError):
@@ -58,10 +61,12 @@ def sign_link(
 
 def read_link(token: str) -> LinkClaims:
     """The claims of an untampered token (expired or not). Raises BadSignature otherwise."""
-    match = _TOKEN.match(token or "")
+    match = _TOKEN.fullmatch(token or "")
     if not match:
         raise BadSignature("malformed")
     claims = LinkClaims(*(int(match.group(i)) for i in range(1, 5)))
     if not constant_time_compare(_mac(claims.payload()), match.group(5)):
         raise BadSignature("bad signature")
+    if match.group(0) != f"{claims.payload()}.{match.group(5)}":
+        raise BadSignature("not the canonical spelling")  # e.g. leading zeros: same claims, another link
     return claims

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlparse
@@ -30,6 +31,10 @@ class SourceFile:
     path: str  # relative, clean
     size: int
     open: Callable[[], IO[bytes]]
+
+
+def _open_binary(path: Path) -> IO[bytes]:
+    return path.open("rb")
 
 
 @dataclass(frozen=True)
@@ -85,9 +90,7 @@ def _local_source(raw: str) -> Source:
                 raise SourceError(f"{relative} is a symlink to {target}, outside {root}; refused.")
             if not target.is_file():
                 raise SourceError(f"{relative} is not a regular file.")
-            files.append(
-                SourceFile(path=relative, size=target.stat().st_size, open=lambda target=target: open(target, "rb"))
-            )
+            files.append(SourceFile(path=relative, size=target.stat().st_size, open=partial(_open_binary, target)))
     if not files:
         raise SourceError(f"{root} holds no files.")
     return Source(uri=str(root), files=files)

@@ -79,8 +79,11 @@ class Storage(Protocol):
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]: ...
 
-    def presigned_url(self, key: str, *, expires_in: int, filename: str | None = None) -> str | None:
-        """A time-limited GET URL (S3), or None where the portal serves the bytes itself (local)."""
+    def presigned_url(
+        self, key: str, *, expires_in: int, filename: str | None = None, range_header: str | None = None
+    ) -> str | None:
+        """A time-limited GET URL (S3), or None where the portal serves the bytes itself (local).
+        With `range_header`, the URL is good only for a request that sends that very Range header."""
 
     def local_path(self, key: str) -> Path | None:
         """The file on disk (local), or None (S3)."""
@@ -196,7 +199,9 @@ class LocalStorage:
             if path.is_file() and not path.name.endswith(".part"):
                 yield ObjectInfo(key=path.relative_to(self.root).as_posix(), size=path.stat().st_size)
 
-    def presigned_url(self, key: str, *, expires_in: int, filename: str | None = None) -> str | None:
+    def presigned_url(
+        self, key: str, *, expires_in: int, filename: str | None = None, range_header: str | None = None
+    ) -> str | None:
         return None
 
 
@@ -299,10 +304,14 @@ class S3Storage:
                 if not item["Key"].endswith(".part"):
                     yield ObjectInfo(key=item["Key"][strip:], size=int(item["Size"]))
 
-    def presigned_url(self, key: str, *, expires_in: int, filename: str | None = None) -> str | None:
+    def presigned_url(
+        self, key: str, *, expires_in: int, filename: str | None = None, range_header: str | None = None
+    ) -> str | None:
         params: dict[str, Any] = {"Bucket": self.bucket, "Key": self._key(key)}
         if filename:
             params["ResponseContentDisposition"] = f'attachment; filename="{filename}"'
+        if range_header:
+            params["Range"] = range_header  # a signed header (X-Amz-SignedHeaders=host;range)
         return self.client.generate_presigned_url("get_object", Params=params, ExpiresIn=expires_in)
 
 

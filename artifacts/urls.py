@@ -25,6 +25,7 @@ urlpatterns = [
     path("checkpoints/<int:checkpoint_id>/progress.json", views.checkpoint_progress, name="checkpoint-progress"),
     path("checkpoints/<int:checkpoint_id>/verify/", views.checkpoint_verify, name="checkpoint-verify"),
     path("checkpoints/<int:checkpoint_id>/reshard/", views.checkpoint_reshard, name="checkpoint-reshard"),
+    path("checkpoints/reshard-jobs/<int:job_id>/cancel/", views.reshard_job_cancel, name="reshard-job-cancel"),
     path(
         "checkpoints/<int:checkpoint_id>/reshard-jobs.json",
         views.checkpoint_reshard_jobs,

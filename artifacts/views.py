@@ -11,18 +11,21 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http.response import HttpResponseBase
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_POST
 
-from access import services as access_services
-from access.errors import AccessError, NotAllowed
-from access.selectors import access_grant
-from access.services import RequestMeta
-from artifacts import reshard_jobs, selectors, services
+from access.errors import AccessError, AccessRefused, NotAllowed
+from access.selectors import access_grant, is_reviewer
+from access.services.audit import RequestMeta
+from access.services.grants import grant_revoke
+from artifacts import selectors
 from artifacts.models import Checkpoint, ReshardFormat, ReshardJob
-from artifacts.services import Bundle, DownloadRefused
+from artifacts.services import links, reshard, verification
+from artifacts.services.downloads import DownloadRefused, download_redeem
+from artifacts.services.links import Bundle
 from artifacts.serving import download_response, refusal_response
 
 
@@ -43,6 +46,8 @@ def _downloadable(request: HttpRequest, checkpoint_id: int) -> Checkpoint:
         checkpoint, _decision = selectors.access_downloadable_checkpoint(
             actor=request.user, checkpoint_id=checkpoint_id
         )
+    except AccessRefused:
+        raise  # a PermissionDenied too: the 403 page says why and how to get access again
     except NotAllowed as error:
         raise PermissionDenied(error.message) from None
     return checkpoint
@@ -50,7 +55,7 @@ def _downloadable(request: HttpRequest, checkpoint_id: int) -> Checkpoint:
 
 def issue_bundle(request: HttpRequest, checkpoint: Checkpoint, *, record: bool = True) -> Bundle:
     try:
-        return services.links_issue(
+        return links.links_issue(
             user=request.user,
             checkpoint=checkpoint,
             base_url=_base_url(request),
@@ -68,10 +73,10 @@ def issue_bundle(request: HttpRequest, checkpoint: Checkpoint, *, record: bool =
 
 @never_cache
 @require_http_methods(["GET", "HEAD"])
-def download_file(request: HttpRequest, token: str) -> HttpResponse:
+def download_file(request: HttpRequest, token: str) -> HttpResponseBase:
     head = request.method == "HEAD"
     try:
-        redemption = services.download_redeem(
+        redemption = download_redeem(
             token=token,
             request_user=request.user,
             meta=RequestMeta.from_request(request),
@@ -155,7 +160,7 @@ def bundle_script(request: HttpRequest, checkpoint_id: int) -> HttpResponse:
 
 
 def _operator(request: HttpRequest) -> None:
-    if not selectors.is_operator(request.user):
+    if not is_reviewer(request.user):
         raise PermissionDenied("Only operators and reviewers can see checkpoints and downloads.")
 
 
@@ -192,13 +197,14 @@ def _checkpoint_page(
     request: HttpRequest, checkpoint: Checkpoint, *, reshard_form: ReshardForm | None = None, status: int = 200
 ) -> HttpResponse:
     job = selectors.latest_verification(checkpoint)
-    reshard_list = list(reshard_jobs.checkpoint_reshard_jobs(checkpoint)[:20])
+    reshard_list = list(selectors.checkpoint_reshard_jobs(checkpoint)[:20])
     return render(
         request,
         "artifacts/checkpoint_detail.html",
         {
             "checkpoint": checkpoint,
             "files": selectors.checkpoint_files(checkpoint),
+            "size": selectors.checkpoint_size(checkpoint),
             "job": job,
             "jobs": checkpoint.verification_jobs.all()[:10],
             "counts": selectors.checkpoint_download_counts().get(checkpoint.pk, {}),
@@ -226,7 +232,7 @@ def checkpoint_reshard(request: HttpRequest, checkpoint_id: int) -> HttpResponse
     form = ReshardForm(request.POST)
     if form.is_valid():
         try:
-            outcome = reshard_jobs.reshard_job_create(
+            outcome = reshard.reshard_job_create(
                 checkpoint=checkpoint,
                 to=form.cleaned_data["to"],
                 tp=form.cleaned_data["tp"],
@@ -250,12 +256,28 @@ def checkpoint_reshard(request: HttpRequest, checkpoint_id: int) -> HttpResponse
 
 
 @login_required
+@require_POST
+def reshard_job_cancel(request: HttpRequest, job_id: int) -> HttpResponse:
+    job = selectors.access_reshard_job(actor=request.user, job_id=job_id)
+    try:
+        job = reshard.reshard_job_cancel(job=job, actor=request.user, meta=RequestMeta.from_request(request))
+    except AccessError as error:
+        messages.error(request, error.message)
+    else:
+        if job.status == "cancelled":
+            messages.success(request, f"Reshard job #{job.pk} cancelled.")
+        else:
+            messages.info(request, f"Reshard job #{job.pk} will stop at its next heartbeat and remove what it stored.")
+    return redirect(reverse("checkpoint-detail", args=[job.source_id]) + f"#reshard-job-{job.pk}")
+
+
+@login_required
 def checkpoint_reshard_jobs(request: HttpRequest, checkpoint_id: int) -> JsonResponse:
     """Live figures for the jobs table (polled every 2 s while a job is queued or running)."""
     checkpoint = selectors.access_operator_checkpoint(actor=request.user, checkpoint_id=checkpoint_id)
     jobs = []
-    for job in reshard_jobs.checkpoint_reshard_jobs(checkpoint)[:20]:
-        body = reshard_jobs.reshard_job_progress(job)
+    for job in selectors.checkpoint_reshard_jobs(checkpoint)[:20]:
+        body = selectors.reshard_job_progress(job)
         body["status_display"] = job.get_status_display()
         body["output_url"] = reverse("checkpoint-detail", args=[job.output_id]) if job.output_id else None
         body["output_name"] = str(job.output) if job.output_id else None
@@ -287,7 +309,7 @@ def checkpoint_progress(request: HttpRequest, checkpoint_id: int) -> JsonRespons
 def checkpoint_verify(request: HttpRequest, checkpoint_id: int) -> HttpResponse:
     checkpoint = selectors.access_operator_checkpoint(actor=request.user, checkpoint_id=checkpoint_id)
     try:
-        job = services.checkpoint_verify_again(
+        job = verification.checkpoint_verify_again(
             checkpoint=checkpoint, actor=request.user, meta=RequestMeta.from_request(request)
         )
     except AccessError as error:
@@ -313,9 +335,7 @@ def grant_downloads_detail(request: HttpRequest, grant_id: int) -> HttpResponse:
     if request.method == "POST":
         reason = request.POST.get("reason", "")
         try:
-            access_services.grant_revoke(
-                grant=grant, actor=request.user, reason=reason, meta=RequestMeta.from_request(request)
-            )
+            grant_revoke(grant=grant, actor=request.user, reason=reason, meta=RequestMeta.from_request(request))
         except AccessError as failure:
             error = failure.message
         else:

@@ -82,9 +82,10 @@ def issue_links(size: int) -> tuple[str, str]:
     from django.urls import reverse
 
     from access.models import Grant, Release, User
-    from access.services import application_approve
-    from artifacts import services
+    from access.services.audit import SYSTEM
+    from access.services.reviews import application_approve
     from artifacts.models import CheckpointState
+    from artifacts.services import imports, links, verification
     from tests import factories
 
     user = User.objects.filter(email="bench@example.org").first() or factories.make_user("bench@example.org")
@@ -96,7 +97,7 @@ def issue_links(size: int) -> tuple[str, str]:
             "bench-reviewer@example.org"
         )
         application = factories.make_application(user, release)
-        application_approve(application=application, reviewer=reviewer, meta=services.SYSTEM)
+        application_approve(application=application, reviewer=reviewer, meta=SYSTEM)
     # The stored object and the import source are hard links of one file: the import finds the
     # object already in storage (same size) and copies nothing.
     key = "checkpoints/bench-gated/bench/big.bin"
@@ -106,20 +107,20 @@ def issue_links(size: int) -> tuple[str, str]:
     source.mkdir(parents=True, exist_ok=True)
     if not (source / "big.bin").exists():
         os.link(stored, source / "big.bin")
-    result = services.checkpoint_import(
+    result = imports.checkpoint_import(
         release=release, source_uri=str(source), fmt="native", variant="bench", enqueue=False
     )
     checkpoint = result.checkpoint
     if checkpoint.state != CheckpointState.READY:
-        job = services.verification_enqueue(checkpoint=checkpoint, dispatch=False)
-        services.verification_run(job_id=job.pk)
+        job = verification.verification_enqueue(checkpoint=checkpoint, dispatch=False)
+        verification.verification_run(job_id=job.pk)
         checkpoint.refresh_from_db()
     assert checkpoint.state == CheckpointState.READY, checkpoint.state_reason
-    bundle = services.links_issue(
+    bundle = links.links_issue(
         user=user,
         checkpoint=checkpoint,
         base_url="",
-        meta=services.SYSTEM,
+        meta=SYSTEM,
         link_url=lambda token: reverse("download-file", args=[token]),
         renewal_url="/",
         record=False,

@@ -5,7 +5,7 @@ processes) and transformers' OPTForCausalLM; forward and forward+backward tokens
 GPU: ``--device cuda --size opt-1.3b --dtype bfloat16 --peak-tflops 989`` also reports MFU
 (6 * N * tokens/s / peak for forward+backward, 2 * N * tokens/s / peak for forward).
 
-    .venv/bin/python bench/bench_model.py [--size opt-125m] [--dtype float32] [--iters 5]
+    .venv/bin/python bench/bench_model.py [--size opt-125m] [--dtype float32] [--iters 15] [--threads N]
 """
 
 from __future__ import annotations
@@ -13,9 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,16 +28,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import training  # noqa: E402
 
+Step = Callable[[], None]
+
 
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
 
 
-def measure(
-    model: torch.nn.Module, ids: torch.Tensor, targets: torch.Tensor, *, iters: int, warmup: int, device: str, hf: bool
-) -> dict[str, float]:
-    """Median seconds per forward (no grad) and per forward+backward."""
+def _step_fns(model: torch.nn.Module, ids: torch.Tensor, targets: torch.Tensor, *, hf: bool) -> dict[str, Step]:
+    """The two timed steps for one model: forward (no grad) and forward+backward of the LM loss."""
 
     def logits_of() -> torch.Tensor:
         out = model(ids)
@@ -51,18 +53,34 @@ def measure(
         loss.backward()
         model.zero_grad(set_to_none=True)
 
-    result = {}
-    for label, step in (("fwd", fwd), ("fwd_bwd", fwd_bwd)):
-        for _ in range(warmup):
-            step()
-        times = []
-        for _ in range(iters):
-            _sync(device)
-            start = time.perf_counter()
-            step()
-            _sync(device)
-            times.append(time.perf_counter() - start)
-        result[label] = sorted(times)[len(times) // 2]
+    return {"fwd": fwd, "fwd_bwd": fwd_bwd}
+
+
+def measure(
+    candidates: dict[str, dict[str, Step]], *, iters: int, warmup: int, device: str
+) -> dict[str, dict[str, float]]:
+    """Median seconds per step for every candidate, repetitions interleaved.
+
+    On a shared machine the load drifts over a run; timing all of one model and then all of the
+    other would charge that drift to whichever went second. Here each repetition runs every
+    candidate once, in alternating order (A B, B A, ...), so both see the same conditions.
+    """
+    result: dict[str, dict[str, float]] = {label: {} for label in candidates}
+    for phase in ("fwd", "fwd_bwd"):
+        for steps in candidates.values():
+            for _ in range(warmup):
+                steps[phase]()
+        times: dict[str, list[float]] = {label: [] for label in candidates}
+        labels = list(candidates)
+        for rep in range(iters):
+            for label in labels if rep % 2 == 0 else reversed(labels):
+                _sync(device)
+                start = time.perf_counter()
+                candidates[label][phase]()
+                _sync(device)
+                times[label].append(time.perf_counter() - start)
+        for label, samples in times.items():
+            result[label][phase] = statistics.median(samples)
     return result
 
 
@@ -76,9 +94,8 @@ def _tp_worker(
     try:
         model = training.load_pretrained(ckpt, dtype=getattr(torch, opts["dtype"]))
         model.train()
-        result = measure(
-            model, batch["ids"], batch["targets"], iters=opts["iters"], warmup=opts["warmup"], device="cpu", hf=False
-        )
+        steps = _step_fns(model, batch["ids"], batch["targets"], hf=False)
+        result = measure({"ours": steps}, iters=opts["iters"], warmup=opts["warmup"], device="cpu")["ours"]
         # The step is as slow as the slowest rank.
         for key in list(result):
             value = torch.tensor([result[key]])
@@ -115,8 +132,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--seq", type=int, default=128)
-    parser.add_argument("--iters", type=int, default=5)
+    parser.add_argument("--iters", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     parser.add_argument("--tp", default="1,2", help="comma-separated tp sizes to run on CPU (gloo processes)")
     parser.add_argument("--no-hf", action="store_true", help="skip transformers")
     parser.add_argument(
@@ -130,10 +148,12 @@ def main() -> None:
     dtype = getattr(torch, dtype_name)
     config = training.get_config(size)
     n_params = config.num_parameters(active=True)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
     print(
         f"{size}: {n_params / 1e6:.1f}M params (active), {dtype_name}, device={args.device}, "
-        f"B={args.batch} T={args.seq}, iters={args.iters} (median), torch threads={threads}"
+        f"B={args.batch} T={args.seq}, iters={args.iters} (median, ours and transformers interleaved), torch threads={threads}"
     )
 
     gen = torch.Generator().manual_seed(0)
@@ -150,19 +170,10 @@ def main() -> None:
         training.save_pretrained(model, ckpt)
         del model
 
-        ours = training.load_pretrained(ckpt, dtype=dtype, device=args.device).train()
         dev_batch = {k: v.to(args.device) for k, v in batch.items()}
-        rows["ours tp=1"] = measure(
-            ours,
-            dev_batch["ids"],
-            dev_batch["targets"],
-            iters=args.iters,
-            warmup=args.warmup,
-            device=args.device,
-            hf=False,
-        )
-        del ours
-
+        ours = training.load_pretrained(ckpt, dtype=dtype, device=args.device).train()
+        candidates = {"ours tp=1": _step_fns(ours, dev_batch["ids"], dev_batch["targets"], hf=False)}
+        hf = None
         if not args.no_hf:
             import transformers
 
@@ -176,17 +187,10 @@ def main() -> None:
                 hf.model.decoder.dropout = 0.0
                 for layer in hf.model.decoder.layers:
                     layer.dropout = 0.0
-            rows["transformers"] = measure(
-                hf,
-                dev_batch["ids"],
-                dev_batch["targets"],
-                iters=args.iters,
-                warmup=args.warmup,
-                device=args.device,
-                hf=True,
-            )
             print(f"transformers attention: {hf.config._attn_implementation}")
-            del hf
+            candidates["transformers"] = _step_fns(hf, dev_batch["ids"], dev_batch["targets"], hf=True)
+        rows.update(measure(candidates, iters=args.iters, warmup=args.warmup, device=args.device))
+        del ours, hf, candidates
 
         if not cuda:
             for world in (int(t) for t in args.tp.split(",") if t.strip()):

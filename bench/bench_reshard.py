@@ -9,16 +9,29 @@ and OPT-1.3B shape under var/bench/reshard (reused when present), then for each 
 
 Each command runs in its own wrapper process that reports its children's peak RSS
 (``resource.getrusage(RUSAGE_CHILDREN).ru_maxrss``), so one measurement never inherits another's
-peak. Targets: wall time <= 1.5x cp; peak RSS <= 2x the largest tensor + 300 MB.
+peak. cp and the two conversions run ``--rounds`` times, interleaved (cp, native, hf; then in
+reverse order), each after ``sync`` and with the previous outputs deleted, and the medians are
+compared: on a shared machine a drifting load then hits every method alike. The naive method
+runs once (it is a reference, not a target). The "startup" row is ``python -m reshard --help``:
+the interpreter and torch import every conversion pays before touching a byte.
 
-    .venv/bin/python bench/bench_reshard.py [--sizes opt-125m,opt-1.3b] [--keep]
+Warm (default): the source is read once before each run, so it is in the page cache. ``--cold``:
+the source's pages are evicted before each run with ``posix_fadvise(DONTNEED)`` (only these
+files; no root and no global cache drop), so reads go to the disk -- or to whatever cache the
+VM's host keeps below it.
+
+Targets: wall time <= 1.5x cp; peak RSS <= 2x the largest tensor + 300 MB.
+
+    .venv/bin/python bench/bench_reshard.py [--sizes opt-125m,opt-1.3b] [--rounds 3] [--cold] [--keep]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -110,7 +123,21 @@ def dir_bytes(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
 
 
-def bench_size(size: str, keep: bool) -> dict[str, object]:
+def evict(folder: Path) -> None:
+    """Drop this folder's (clean) pages from the page cache; other files are left alone."""
+    for file in folder.iterdir():
+        fd = os.open(file, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def warm(folder: Path) -> None:
+    subprocess.run(["cat", *map(str, sorted(folder.iterdir()))], stdout=subprocess.DEVNULL, check=True)
+
+
+def bench_size(size: str, keep: bool, rounds: int, cold: bool) -> dict[str, object]:
     import training
     from reshard.layout import ModelLayout
 
@@ -127,53 +154,63 @@ def bench_size(size: str, keep: bool) -> dict[str, object]:
     out = BENCH_DIR / "out"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir()
-    subprocess.run(["cat", *map(str, sorted(src.iterdir()))], stdout=subprocess.DEVNULL, check=True)  # warm the cache
-    runs: dict[str, dict[str, float]] = {}
     python = [sys.executable]
+    reshard_cmd = [*python, "-m", "reshard", "convert", str(src)]
     commands = {
-        "cp -r": ["cp", "-r", str(src), str(out / "cp")],
-        "reshard -> native tp=2": [
-            *python,
-            "-m",
-            "reshard",
-            "convert",
-            str(src),
-            str(out / "native"),
-            "--to",
-            "native",
-            "--tp",
-            "2",
-            "--quiet",
-        ],
-        "reshard -> hf": [*python, "-m", "reshard", "convert", str(src), str(out / "hf"), "--to", "hf", "--quiet"],
-        "naive (torch.load all + save)": [*python, __file__, "--naive", str(src), str(out / "naive")],
+        "cp -r": (out / "cp", ["cp", "-r", str(src), str(out / "cp")]),
+        "reshard -> native tp=2": (
+            out / "native",
+            [*reshard_cmd, str(out / "native"), "--to", "native", "--tp", "2", "--quiet"],
+        ),
+        "reshard -> hf": (out / "hf", [*reshard_cmd, str(out / "hf"), "--to", "hf", "--quiet"]),
     }
-    for label, cmd in commands.items():
-        runs[label] = measure(cmd)
+    samples: dict[str, list[dict[str, float]]] = {label: [] for label in commands}
+
+    def run(label: str, dst: Path, cmd: list[str]) -> None:
+        shutil.rmtree(dst, ignore_errors=True)
+        os.sync()  # no writeback of an earlier run's output lands in this one
+        if cold:
+            evict(src)
+        else:
+            warm(src)
+        result = measure(cmd)
+        samples.setdefault(label, []).append(result)
         print(
-            f"  {size:9s} {label:30s} {runs[label]['wall_s']:7.2f}s  peak RSS {runs[label]['peak_rss_mb']:8.0f} MB",
+            f"  {size:9s} {label:30s} {result['wall_s']:7.2f}s  peak RSS {result['peak_rss_mb']:8.0f} MB",
             file=sys.stderr,
         )
-        for sub in ("cp", "naive"):
-            shutil.rmtree(out / sub, ignore_errors=True)
+
+    labels = list(commands)
+    for r in range(rounds):
+        for label in labels if r % 2 == 0 else reversed(labels):
+            run(label, *commands[label])
+    run("startup (python -m reshard --help)", out / "none", [*python, "-m", "reshard", "--help"])
+    run("naive (torch.load all + save)", out / "naive", [*python, __file__, "--naive", str(src), str(out / "naive")])
+    for sub in ("cp", "naive", "hf"):
+        shutil.rmtree(out / sub, ignore_errors=True)
     # the outputs must verify (checksums + structure) -- cheap, not timed
     subprocess.run([*python, "-m", "reshard", "verify", str(out / "native")], check=True, stdout=subprocess.DEVNULL)
     if not keep:
         shutil.rmtree(out, ignore_errors=True)
-    cp = runs["cp -r"]["wall_s"]
+    walls = {label: [r["wall_s"] for r in runs] for label, runs in samples.items()}
+    cp = statistics.median(walls["cp -r"])
     rss_target = 2 * largest_mb + 300
     return {
         "size": size,
+        "cache": "cold" if cold else "warm",
+        "rounds": rounds,
         "source_bytes": total,
         "largest_tensor_mb": round(largest_mb, 1),
         "rss_target_mb": round(rss_target, 0),
         "runs": {
-            k: {
-                "wall_s": round(v["wall_s"], 2),
-                "x_cp": round(v["wall_s"] / cp, 2),
-                "peak_rss_mb": round(v["peak_rss_mb"], 0),
+            label: {
+                "wall_s": round(statistics.median(walls[label]), 2),
+                "wall_min_s": round(min(walls[label]), 2),
+                "wall_max_s": round(max(walls[label]), 2),
+                "x_cp": round(statistics.median(walls[label]) / cp, 2),
+                "peak_rss_mb": round(max(r["peak_rss_mb"] for r in runs), 0),
             }
-            for k, v in runs.items()
+            for label, runs in samples.items()
         },
     }
 
@@ -182,6 +219,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="opt-125m,opt-1.3b")
     parser.add_argument("--keep", action="store_true", help="keep the converted outputs")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved repetitions of cp and the conversions")
+    parser.add_argument("--cold", action="store_true", help="evict the source from the page cache before each run")
     parser.add_argument("--generate", nargs=2, metavar=("SIZE", "DIR"), help=argparse.SUPPRESS)
     parser.add_argument("--naive", nargs=2, metavar=("SRC", "DST"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -192,18 +231,26 @@ def main() -> None:
         naive(Path(args.naive[0]), Path(args.naive[1]))
         return
     BENCH_DIR.mkdir(parents=True, exist_ok=True)
-    results = [bench_size(size, args.keep) for size in args.sizes.split(",")]
+    results = [bench_size(size, args.keep, args.rounds, args.cold) for size in args.sizes.split(",")]
     print(
-        f"{'size':9s} {'source':>9s} {'largest':>8s} {'method':30s} {'wall':>8s} {'x cp':>6s} {'peak RSS':>9s} "
-        f"{'RSS target':>10s}"
+        f"page cache {'cold (source evicted before each run)' if args.cold else 'warm'}; "
+        f"median of {args.rounds} interleaved rounds (min-max)"
+    )
+    print(
+        f"{'size':9s} {'source':>9s} {'largest':>8s} {'method':36s} {'wall':>8s} {'min-max':>13s} {'x cp':>6s} "
+        f"{'peak RSS':>9s} {'RSS target':>10s}"
     )
     for r in results:
         for label, v in r["runs"].items():  # type: ignore[union-attr]
+            spread = f"{v['wall_min_s']:.2f}-{v['wall_max_s']:.2f}s"
             print(
-                f"{r['size']:9s} {r['source_bytes'] / 1e9:7.2f}GB {r['largest_tensor_mb']:6.0f}MB {label:30s} "
-                f"{v['wall_s']:7.2f}s {v['x_cp']:6.2f} {v['peak_rss_mb']:7.0f}MB {r['rss_target_mb']:8.0f}MB"
+                f"{r['size']:9s} {r['source_bytes'] / 1e9:7.2f}GB {r['largest_tensor_mb']:6.0f}MB {label:36s} "
+                f"{v['wall_s']:7.2f}s {spread:>13s} {v['x_cp']:6.2f} {v['peak_rss_mb']:7.0f}MB "
+                f"{r['rss_target_mb']:8.0f}MB"
             )
-    (BENCH_DIR / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (BENCH_DIR / ("results-cold.json" if args.cold else "results.json")).write_text(
+        json.dumps(results, indent=2) + "\n"
+    )
     missed = []
     for r in results:
         for label, v in r["runs"].items():  # type: ignore[union-attr]

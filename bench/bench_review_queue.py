@@ -185,7 +185,7 @@ def seed(*, applications: int, reseed: bool, rng: random.Random) -> tuple[Any, l
         Release,
         User,
     )
-    from access.services import reviewer_group
+    from access.services.accounts import reviewer_group
 
     call_command("migrate", verbosity=0)
     existing = Application.objects.count()
@@ -363,14 +363,14 @@ def measure(
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
-    from access.views.review import METRICS_CACHE_KEY
+    from access.selectors import REVIEW_METRICS_CACHE_KEY
 
     for _ in range(warmup):
         assert client.get(url, params).status_code == 200
     timings = []
     for _ in range(requests):
         if cold_metrics:
-            cache.delete(METRICS_CACHE_KEY)  # the one request a minute that recomputes the figures
+            cache.delete(REVIEW_METRICS_CACHE_KEY)  # the one request a minute that recomputes the figures
         started = time.perf_counter()
         response = client.get(url, params)
         timings.append((time.perf_counter() - started) * 1000)

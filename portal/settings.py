@@ -36,15 +36,38 @@ SITE_URL = env_str("SITE_URL", "http://127.0.0.1:8000").rstrip("/")
 if PRODUCTION:
     if DEBUG:
         raise ImproperlyConfigured("Production mode refuses DEBUG: set DEBUG=0.")
-    if SECRET_KEY == _DEV_SECRET_KEY or len(SECRET_KEY) < 32:
+    # The same bar as Django's deploy check (security.W009), so `check --deploy` stays clean.
+    if SECRET_KEY == _DEV_SECRET_KEY or len(SECRET_KEY) < 50 or len(set(SECRET_KEY)) < 5:
         raise ImproperlyConfigured(
-            "Production mode needs a real secret: set SECRET_KEY to a random string of 32+ characters."
+            "Production mode needs a real secret: set SECRET_KEY to a random string of 50+ characters, "
+            "e.g. from `python -c 'import secrets; print(secrets.token_urlsafe(50))'`."
         )
     if not ALLOWED_HOSTS:
         raise ImproperlyConfigured("Production mode needs ALLOWED_HOSTS (comma-separated host names).")
     SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", True)
     CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", True)
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+# --- HTTPS and browser security (on in production, each switchable) ---------------------------
+# nginx terminates TLS (deploy/nginx/openrelease.conf) and sets X-Forwarded-Proto; these make the
+# portal itself insist on HTTPS too, so a misrouted plain-HTTP request never carries a session.
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", PRODUCTION)
+# Health probes talk to gunicorn directly over plain HTTP.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 365 * 24 * 3600 if PRODUCTION else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", PRODUCTION)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", PRODUCTION)
+# Sent by portal.csp.ContentSecurityPolicyMiddleware; "{nonce}" becomes the request's nonce, which
+# templates put on their inline scripts as nonce="{{ request.csp_nonce }}". Style attributes stay
+# allowed: they cannot run code, and the pages and Swagger UI use them. data: images are the SVG
+# charts' and Swagger UI's icons.
+CONTENT_SECURITY_POLICY = env_str(
+    "CONTENT_SECURITY_POLICY",
+    "default-src 'self'; script-src 'self' 'nonce-{nonce}'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'",
+)
+# Development only reports violations (browser console), so Django's debug pages keep working.
+CONTENT_SECURITY_POLICY_REPORT_ONLY = env_bool("CONTENT_SECURITY_POLICY_REPORT_ONLY", not PRODUCTION)
 
 # --- Apps ------------------------------------------------------------------------------------
 INSTALLED_APPS = [
@@ -57,24 +80,34 @@ INSTALLED_APPS = [
     "django.contrib.humanize",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "portal",
     "access",
     "artifacts",
+    "jobs",
+    "gateway",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "portal.csp.ContentSecurityPolicyMiddleware",
+    # WhiteNoise, async-capable, so no request of the async gateway views is pinned to a thread.
+    "portal.async_middleware.StaticFilesMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Under ASGI, Django would read a synchronous streaming body (a file download, a CSV export) whole
+    # into memory; this pulls it chunk by chunk instead.
+    "portal.async_middleware.SyncStreamingMiddleware",
 ]
 
 ROOT_URLCONF = "portal.urls"
 WSGI_APPLICATION = "portal.wsgi.application"
+# The portal runs under an ASGI server (uvicorn): the gateway's streams are async views that hold no thread.
+ASGI_APPLICATION = "portal.asgi.application"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
@@ -101,7 +134,7 @@ else:
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
-            "NAME": VAR_DIR / "portal.sqlite3",
+            "NAME": str(VAR_DIR / "portal.sqlite3"),
             # Several processes (portal, worker) share the file: wait for locks instead of failing.
             "OPTIONS": {"timeout": 20, "transaction_mode": "IMMEDIATE"},
             # A file, not shared-cache memory, so threaded tests see real locking, as in production.
@@ -114,7 +147,15 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # --- Cache (login throttling) ----------------------------------------------------------------
 REDIS_URL = env_str("REDIS_URL", "")
 if REDIS_URL:
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+    # Degrades to "no cache" while Redis is unreachable (see portal/cache.py); short socket
+    # timeouts so a dead host costs a second, not a hung request.
+    CACHES = {
+        "default": {
+            "BACKEND": "portal.cache.DegradingRedisCache",
+            "LOCATION": REDIS_URL,
+            "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
+        }
+    }
 else:
     CACHES = {
         "default": {
@@ -136,6 +177,11 @@ AUTH_PASSWORD_VALIDATORS = [
 ]
 LOGIN_MAX_FAILURES = env_int("LOGIN_MAX_FAILURES", 5)
 LOGIN_LOCKOUT_SECONDS = env_int("LOGIN_LOCKOUT_SECONDS", 15 * 60)
+# How many reverse proxies in front of the portal append to X-Forwarded-For (nginx: 1). 0 trusts no
+# header and records REMOTE_ADDR; see portal/client_ip.py.
+TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 0)
+if TRUSTED_PROXY_COUNT < 0:
+    raise ImproperlyConfigured(f"TRUSTED_PROXY_COUNT={TRUSTED_PROXY_COUNT}: use 0 (no proxy) or the number of proxies.")
 EMAIL_VERIFICATION_MAX_AGE = timedelta(days=env_int("EMAIL_VERIFICATION_DAYS", 3))
 
 # --- Access policy ---------------------------------------------------------------------------
@@ -158,11 +204,47 @@ else:
     EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
     EMAIL_FILE_PATH = env_str("EMAIL_FILE_PATH", str(VAR_DIR / "mail"))
 
+# --- Long jobs (the `jobs` app: claim, heartbeat, reaper) -----------------------------------------
+# Every Celery task has a soft limit (the task records the failure) and a hard limit; these are the
+# defaults, and job kinds set their own.
+CELERY_TASK_SOFT_TIME_LIMIT = env_int("CELERY_TASK_SOFT_TIME_LIMIT", 300)
+CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 360)
+ARTIFACTS_VERIFY_SOFT_TIME_LIMIT = env_int("ARTIFACTS_VERIFY_SOFT_TIME_LIMIT", 6 * 3600)
+ARTIFACTS_VERIFY_TIME_LIMIT = ARTIFACTS_VERIFY_SOFT_TIME_LIMIT + 300
+ARTIFACTS_VERIFY_STALE_SECONDS = env_int("ARTIFACTS_VERIFY_STALE_SECONDS", 600)
+ARTIFACTS_VERIFY_HEARTBEAT_SECONDS = env_int("ARTIFACTS_VERIFY_HEARTBEAT_SECONDS", 30)
+ARTIFACTS_VERIFY_MAX_ATTEMPTS = env_int("ARTIFACTS_VERIFY_MAX_ATTEMPTS", 3)
+ARTIFACTS_RESHARD_SOFT_TIME_LIMIT = env_int("ARTIFACTS_RESHARD_SOFT_TIME_LIMIT", 12 * 3600)
+ARTIFACTS_RESHARD_TIME_LIMIT = ARTIFACTS_RESHARD_SOFT_TIME_LIMIT + 600
+ARTIFACTS_RESHARD_STALE_SECONDS = env_int("ARTIFACTS_RESHARD_STALE_SECONDS", 900)
+ARTIFACTS_RESHARD_HEARTBEAT_SECONDS = env_int("ARTIFACTS_RESHARD_HEARTBEAT_SECONDS", 30)
+ARTIFACTS_RESHARD_MAX_ATTEMPTS = env_int("ARTIFACTS_RESHARD_MAX_ATTEMPTS", 3)
+# The work folder of a reshard job (source symlinks or downloads, the output before it is stored).
+ARTIFACTS_RESHARD_WORK_DIR = Path(env_str("ARTIFACTS_RESHARD_WORK_DIR", str(VAR_DIR / "reshard-work")))
+# Sources up to this size are also compared numerically (logits) with the output.
+ARTIFACTS_RESHARD_NUMERICS_MAX_BYTES = env_int("ARTIFACTS_RESHARD_NUMERICS_MAX_BYTES", 256 * 1024 * 1024)
+# A queued job unclaimed this long has its task message sent again (a broker lost it).
+JOBS_REDISPATCH_SECONDS = env_int("JOBS_REDISPATCH_SECONDS", 3600)
+for _kind, _heartbeat, _stale in [
+    ("ARTIFACTS_VERIFY", ARTIFACTS_VERIFY_HEARTBEAT_SECONDS, ARTIFACTS_VERIFY_STALE_SECONDS),
+    ("ARTIFACTS_RESHARD", ARTIFACTS_RESHARD_HEARTBEAT_SECONDS, ARTIFACTS_RESHARD_STALE_SECONDS),
+]:
+    if _stale < 3 * _heartbeat:
+        raise ImproperlyConfigured(
+            f"{_kind}_STALE_SECONDS={_stale} is under 3x {_kind}_HEARTBEAT_SECONDS={_heartbeat}: a live job "
+            "would look dead. Raise the first or lower the second."
+        )
+
 # --- Celery ----------------------------------------------------------------------------------
 # Without Redis the broker is a directory on disk, so a laptop needs no server.
 if REDIS_URL:
     CELERY_BROKER_URL = REDIS_URL
-    CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {"visibility_timeout": 6 * 3600}
+    # Redis hands an unacknowledged message to another worker after the visibility timeout: it must
+    # outlast the longest task (acks_late tasks are acknowledged at their end) plus a retry countdown.
+    CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {
+        "visibility_timeout": max(CELERY_TASK_TIME_LIMIT, ARTIFACTS_VERIFY_TIME_LIMIT, ARTIFACTS_RESHARD_TIME_LIMIT)
+        + 3600
+    }
 else:
     _broker_dir = VAR_DIR / "celery-broker"
     (_broker_dir / "processed").mkdir(parents=True, exist_ok=True)
@@ -184,19 +266,17 @@ CELERY_TASK_ROUTES = {
     "access.tasks.*": {"queue": "default"},
     "artifacts.tasks.run_reshard_job": {"queue": "gpu"},
     "artifacts.tasks.*": {"queue": "io"},
-    "reshard.tasks.*": {"queue": "gpu"},
-    "training.tasks.*": {"queue": "gpu"},
+    "jobs.tasks.*": {"queue": "default"},
+    "gateway.tasks.*": {"queue": "default"},
 }
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_BEAT_SCHEDULE = {
     "sweep-unsent-notifications": {"task": "access.tasks.sweep_unsent_notifications", "schedule": 300.0},
     "remind-expiring-grants": {"task": "access.tasks.remind_expiring_grants", "schedule": 3600.0},
-    "artifacts-reap-stale-verifications": {"task": "artifacts.tasks.reap_stale_verifications", "schedule": 300.0},
+    "jobs-reap": {"task": "jobs.tasks.reap_jobs", "schedule": 300.0},
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
-CELERY_TASK_SOFT_TIME_LIMIT = env_int("CELERY_TASK_SOFT_TIME_LIMIT", 300)
-CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 360)
 
 # --- API -------------------------------------------------------------------------------------
 REST_FRAMEWORK = {
@@ -209,6 +289,8 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
     "EXCEPTION_HANDLER": "access.api.exceptions.handler",
+    # JSON only, size- and depth-bounded (access/api/parsers.py); other bodies get a 415 in the error shape.
+    "DEFAULT_PARSER_CLASSES": ["access.api.parsers.JSONParser"],
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "OpenRelease API",
@@ -216,6 +298,11 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    # Swagger UI from drf-spectacular-sidecar's static files, not a CDN: /api/docs/ works offline
+    # and under the Content-Security-Policy.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 # --- Static, i18n ----------------------------------------------------------------------------
@@ -232,7 +319,8 @@ LOGGING = {
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    # httpx2 logs every request at INFO: the gateway's calls to its engines would flood the log.
+    "loggers": {"django.db.backends": {"level": "WARNING"}, "httpx2": {"level": "WARNING"}},
 }
 
 # --- Artifacts: checkpoint storage, verification, signed downloads ----------------------------
@@ -257,9 +345,47 @@ ARTIFACTS_DOWNLOAD_QUOTA = env_int("ARTIFACTS_DOWNLOAD_QUOTA", 5)  # complete do
 # Set (e.g. "/_protected/") when nginx serves the storage root from an `internal` location.
 ARTIFACTS_X_ACCEL_PREFIX = env_str("ARTIFACTS_X_ACCEL_PREFIX", "")
 ARTIFACTS_VERIFY_WORKERS = env_int("ARTIFACTS_VERIFY_WORKERS", 0)  # 0: one per CPU core
-ARTIFACTS_VERIFY_SOFT_TIME_LIMIT = env_int("ARTIFACTS_VERIFY_SOFT_TIME_LIMIT", 6 * 3600)
-ARTIFACTS_VERIFY_STALE_SECONDS = env_int("ARTIFACTS_VERIFY_STALE_SECONDS", 600)
-# A queued verification or reshard job unclaimed this long has its task message sent again.
-ARTIFACTS_REDISPATCH_SECONDS = env_int("ARTIFACTS_REDISPATCH_SECONDS", 3600)
 # When set, import_checkpoint accepts local sources only under these directories.
 ARTIFACTS_IMPORT_ROOTS = env_list("ARTIFACTS_IMPORT_ROOTS")
+
+# --- Gateway: hosted inference (engines, the OpenAI-compatible API, quotas, usage) ----------------
+# Default quotas per user and release; an operator overrides them per grant on the grant's limits page.
+GATEWAY_TOKENS_PER_DAY = env_int("GATEWAY_TOKENS_PER_DAY", 200_000)  # prompt + completion tokens, UTC day
+GATEWAY_REQUESTS_PER_MINUTE = env_int("GATEWAY_REQUESTS_PER_MINUTE", 60)
+GATEWAY_MAX_CONCURRENT = env_int("GATEWAY_MAX_CONCURRENT", 4)
+for _name in ("GATEWAY_TOKENS_PER_DAY", "GATEWAY_REQUESTS_PER_MINUTE", "GATEWAY_MAX_CONCURRENT"):
+    if globals()[_name] < 1:
+        raise ImproperlyConfigured(f"{_name}={globals()[_name]}: a quota must be at least 1.")
+# An open request re-reads the caller's access (grant, key) this often and stops when it ended.
+GATEWAY_RECHECK_SECONDS = env_int("GATEWAY_RECHECK_SECONDS", 2)
+# In-flight requests hold a lease renewed at every re-check; a portal process that dies frees its
+# leases after this long.
+GATEWAY_LEASE_SECONDS = env_int("GATEWAY_LEASE_SECONDS", 60)
+if not 1 <= GATEWAY_RECHECK_SECONDS <= GATEWAY_LEASE_SECONDS // 3:
+    raise ImproperlyConfigured(
+        f"GATEWAY_RECHECK_SECONDS={GATEWAY_RECHECK_SECONDS} must be at least 1 and at most a third of "
+        f"GATEWAY_LEASE_SECONDS={GATEWAY_LEASE_SECONDS}, or a live request loses its lease."
+    )
+GATEWAY_HEALTH_CHECK_SECONDS = env_int("GATEWAY_HEALTH_CHECK_SECONDS", 15)
+GATEWAY_CONNECT_TIMEOUT_SECONDS = env_int("GATEWAY_CONNECT_TIMEOUT_SECONDS", 3)
+# A non-streamed completion (or the gap between two chunks of a stream) may take this long.
+GATEWAY_ENGINE_TIMEOUT_SECONDS = env_int("GATEWAY_ENGINE_TIMEOUT_SECONDS", 600)
+# Under Django's DATA_UPLOAD_MAX_MEMORY_SIZE (2.5 MB), which refuses larger bodies anyway.
+GATEWAY_MAX_BODY_BYTES = env_int("GATEWAY_MAX_BODY_BYTES", 2 * 1024 * 1024)
+# Counters of in-flight requests and request rates: "redis" (shared by every portal process) or
+# "local" (this process only: the demo's single uvicorn process).
+GATEWAY_COUNTERS = env_str("GATEWAY_COUNTERS", "redis" if REDIS_URL else "local")
+if GATEWAY_COUNTERS not in {"redis", "local"}:
+    raise ImproperlyConfigured(f"GATEWAY_COUNTERS={GATEWAY_COUNTERS!r}: use 'redis' or 'local'.")
+if GATEWAY_COUNTERS == "redis" and not REDIS_URL:
+    raise ImproperlyConfigured("GATEWAY_COUNTERS=redis needs REDIS_URL.")
+GATEWAY_REDIS_PREFIX = env_str("GATEWAY_REDIS_PREFIX", "gw:")
+# Secret files named on the operator pages must lie under this directory (the management command,
+# run by someone with a shell on the host, may name any file).
+GATEWAY_SECRETS_DIR = Path(env_str("GATEWAY_SECRETS_DIR", str(VAR_DIR / "engine-secrets")))
+# The usage CSV export stops after this many rows (the file says so in its last line).
+GATEWAY_USAGE_CSV_MAX_ROWS = env_int("GATEWAY_USAGE_CSV_MAX_ROWS", 1_000_000)
+CELERY_BEAT_SCHEDULE["gateway-health-check"] = {
+    "task": "gateway.tasks.check_deployments",
+    "schedule": float(GATEWAY_HEALTH_CHECK_SECONDS),
+}

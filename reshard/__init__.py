@@ -4,6 +4,9 @@ transformers (safetensors / pytorch_model.bin, single or indexed) and our native
 Plain PyTorch (plus safetensors' file format, which we read and write ourselves): no Django, so
 it runs under torchrun on a bare GPU box. Library API::
 
+    reshard.detect(src) -> Detected       (format, family, tp, dtype from file names and config.json)
+    reshard.detect_files(names, read_text) -> Detected   (the same from a storage listing)
+    reshard.check_options(to=, tp=, dtype=, source_tp=, source_dtype=, config=) -> Options
     reshard.inspect(src) -> InspectResult
     reshard.convert(src, dst, *, to, tp=None, dtype=None, arch=None, progress=None) -> ConvertResult
     reshard.verify(dir, against=None) -> VerifyResult          (raises VerificationError)
@@ -39,6 +42,17 @@ from reshard.errors import (
     UsageError,
     VerificationError,
 )
+from reshard.formats import (
+    FORMATS,
+    TARGET_FORMATS,
+    Detected,
+    OptionError,
+    Options,
+    architecture,
+    check_options,
+    detect,
+    detect_files,
+)
 from reshard.native import load_native, native_config
 from reshard.sources import config_to_json, open_source
 from reshard.verify import VerifyResult, verify
@@ -47,7 +61,7 @@ from reshard.verify import VerifyResult, verify
 @dataclass(frozen=True)
 class InspectResult:
     path: str
-    format: str  # native | hf | metaseq-fsdp | metaseq-tp
+    format: str  # one of FORMATS: native | hf | metaseq | metaseq-fsdp
     architecture: dict[str, Any]  # ModelConfig fields
     architecture_from: str  # "checkpoint" or "--arch"
     tp: int
@@ -85,18 +99,27 @@ __all__ = [
     "EXIT_USAGE",
     "EXIT_VERIFY_FAILED",
     "ArchitectureError",
+    "FORMATS",
+    "TARGET_FORMATS",
     "ConvertResult",
+    "Detected",
     "FileInfo",
     "FormatError",
     "InspectResult",
     "MismatchError",
+    "OptionError",
+    "Options",
     "ReshardError",
     "UnsafePickleError",
     "UsageError",
     "VerificationError",
     "VerifyResult",
+    "architecture",
+    "check_options",
     "clean_stale",
     "convert",
+    "detect",
+    "detect_files",
     "inspect",
     "load_native",
     "native_config",

@@ -2,7 +2,10 @@
 
 For each of our parameters in model order, the source assembles the full tensor once; every
 output file that holds a piece of it (a rank's shard, a transformers tensor, a metaseq part's
-slice) gets that piece next, so each file is written front to back and hashed on the way.
+slice) gets that piece next, so each file is written front to back and hashed on the way. When
+the source already stores exactly an output rank's shard (same tp, same dtype), the shard's
+bytes go from the source files to the output with ``pread`` and nothing is assembled. Files are
+written on parallel lanes (threads), so hashing, the main cost, uses every core.
 Output goes to ``.<dst>.reshard-tmp-<pid>`` next to DST and is renamed into place only when
 complete; a failure removes it, and a later run removes any left by a killed run.
 """
@@ -12,10 +15,13 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import math
 import os
 import shutil
 import time
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,9 +30,10 @@ import torch
 
 from reshard import metaseq
 from reshard.errors import ReshardError, UsageError
+from reshard.formats import TARGET_FORMATS, check_options
 from reshard.layout import ModelLayout, Scratch, rank_piece, reorder_blocks
 from reshard.pickles import TensorRef, TorchZipWriter, file_sha256
-from reshard.safetensors_io import SafetensorsWriter, TensorEntry, planned_size
+from reshard.safetensors_io import Extent, SafetensorsWriter, TensorEntry, planned_size
 from reshard.sources import (
     NATIVE_FORMAT,
     NATIVE_VERSION,
@@ -38,15 +45,6 @@ from reshard.sources import (
 )
 from training import hf_name_map
 
-FORMATS = ("native", "hf", "metaseq")
-DTYPES = {
-    "fp16": torch.float16,
-    "bf16": torch.bfloat16,
-    "fp32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "float32": torch.float32,
-}
 TMP_MARK = ".reshard-tmp-"
 HF_MAX_SHARD_BYTES = 5 * 1024**3  # transformers' default shard size
 Progress = Callable[[int, int, int, int], None]  # bytes_done, bytes_total, tensors_done, tensors_total
@@ -206,7 +204,7 @@ def _tmp_prefix(dst: Path) -> str:
 
 def clean_stale(dst: Path) -> list[Path]:
     """Remove temp dirs of earlier runs for ``dst`` whose process is gone (their lock is free)."""
-    removed = []
+    removed: list[Path] = []
     if not dst.parent.is_dir():
         return removed
     for candidate in dst.parent.iterdir():
@@ -247,16 +245,6 @@ def write_manifest(folder: Path, files: list[FileInfo]) -> list[FileInfo]:
 # --------------------------------------------------------------------------------------------
 
 
-def resolve_dtype(dtype: str | torch.dtype | None, default: torch.dtype) -> torch.dtype:
-    if dtype is None:
-        return default
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype not in DTYPES:
-        raise UsageError(f"--dtype {dtype!r}: use one of fp16, bf16, fp32")
-    return DTYPES[dtype]
-
-
 def convert(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str],
@@ -277,8 +265,8 @@ def convert(
     rename alone already makes the result all-or-nothing for a killed process).
     """
     started = time.monotonic()
-    if to not in FORMATS:
-        raise UsageError(f"--to {to!r}: use one of {', '.join(FORMATS)}")
+    if to not in TARGET_FORMATS:
+        raise UsageError(f"--to {to!r}: use one of {', '.join(TARGET_FORMATS)}")
     dst = Path(dst).absolute()
     if dst.exists():
         raise UsageError(f"{dst} already exists; remove it or choose another destination")
@@ -310,15 +298,17 @@ def save_state(
     to: str = "native",
     tp: int = 1,
     dtype: str | torch.dtype | None = None,
+    extra_files: list[Path] | tuple[Path, ...] = (),
 ) -> ConvertResult:
     """Write full tensors under our names (e.g. ``training.gather_full_state(model)``) in any
-    output layout, with the same guarantees as ``convert``."""
+    output layout, with the same guarantees as ``convert``; ``extra_files`` (a tokenizer) are
+    copied in and listed in the manifest as a conversion carries a source's."""
     dst = Path(dst).absolute()
     if dst.exists():
         raise UsageError(f"{dst} already exists; remove it or choose another destination")
     clean_stale(dst)
     return _convert(
-        StateSource(state, config),
+        StateSource(state, config, extra_files=extra_files),
         dst,
         to=to,
         tp=tp,
@@ -343,26 +333,8 @@ def _convert(
     fsync: bool,
 ) -> ConvertResult:
     cfg, layout = source.config, source.layout
-    out_dtype = resolve_dtype(dtype, source.dtype)
-    if to == "hf":
-        if tp not in (None, 1):
-            raise UsageError(f"--tp {tp}: transformers checkpoints are not tensor-parallel; drop --tp")
-        out_tp = 1
-    else:
-        out_tp = tp if tp is not None else source.tp
-    if out_tp < 1:
-        raise UsageError(f"--tp {out_tp}: must be a positive integer")
-    try:
-        cfg.check_tp(out_tp)
-    except ValueError as exc:
-        raise UsageError(f"--tp {out_tp}: {exc}") from None
-    if to == "metaseq" and cfg.family != "opt":
-        raise UsageError(f"--to metaseq: metaseq holds OPT models only; {cfg.name} is {cfg.family}")
-    if to == "hf" and cfg.family == "mixtral" and cfg.moe_every != 1:
-        raise UsageError(
-            f"--to hf: {cfg.name} puts experts in every {cfg.moe_every} layers, which transformers' "
-            f"Mixtral cannot express; use --to native"
-        )
+    options = check_options(to=to, tp=tp, dtype=dtype, source_tp=source.tp, source_dtype=source.dtype, config=cfg)
+    out_tp, out_dtype = options.tp_size, options.dtype
 
     if to == "native":
         outs = _native_plan(layout, out_tp, out_dtype)
@@ -378,7 +350,7 @@ def _convert(
     fcntl.flock(lock_fd, fcntl.LOCK_EX)
     try:
         infos = _write_all(source, tmp, outs, out_dtype, progress)
-        dtype_name = str(out_dtype).removeprefix("torch.")
+        dtype_name = options.dtype_name
         extra: list[tuple[str, bytes]] = []
         if to == "native":
             meta = {
@@ -444,6 +416,54 @@ def _convert(
     )
 
 
+class _Lanes:
+    """One thread per lane; file ``f`` always goes to lane ``f % lanes``, so each file's writes
+    stay in order while different files copy and hash in parallel."""
+
+    def __init__(self, files: int) -> None:
+        count = max(1, min(files, os.cpu_count() or 1))
+        self._pools = [ThreadPoolExecutor(max_workers=1, thread_name_prefix="reshard-lane") for _ in range(count)]
+
+    def submit(self, file: int, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        return self._pools[file % len(self._pools)].submit(fn, *args)
+
+    def shutdown(self, *, cancel: bool) -> None:
+        for pool in self._pools:
+            pool.shutdown(wait=True, cancel_futures=cancel)
+
+
+# Tensors whose writes may still be queued on the lanes; bounds the queue and keeps progress honest.
+_IN_FLIGHT = 8
+# Reading and assembling a tensor overlaps with writing the ones before it. Up to _FRESH_BYTES a
+# tensor gets fresh memory, which its write jobs keep alive; up to _OVERLAP_BYTES it takes one of
+# two scratch sets in turn, waiting only for that set's previous tensor; anything larger waits
+# for the lanes and reuses one set. Overlap costs at most two sets of _OVERLAP_BYTES, never a
+# second copy of the largest tensor.
+_FRESH_BYTES = 1 << 20
+_OVERLAP_BYTES = 64 << 20
+
+
+def _within(piece: torch.Tensor, full: torch.Tensor) -> bool:
+    """Whether ``piece`` views ``full``'s memory (else it is a copy in a scratch slot)."""
+    start = full.data_ptr()
+    return start <= piece.data_ptr() < start + max(1, full.numel() * full.element_size())
+
+
+def _shard_extents(source: Source, outs: list[_Out], feeding: list[tuple[int, int]], name: str) -> list[Any] | None:
+    """Per feed of ``name``, the source-file bytes of that rank's shard, if every feed is a
+    native rank file whose shard the source stores as is; else None."""
+    found: list[list[Extent]] = []
+    for f, i in feeding:
+        produce = outs[f].items[i][2]
+        if outs[f].kind != "safetensors" or not isinstance(produce, _RankPiece):
+            return None
+        extents = source.local_extents(name, produce.rank, produce.world)
+        if extents is None:
+            return None
+        found.append(extents)
+    return found or None
+
+
 def _write_all(
     source: Source, tmp: Path, outs: list[_Out], out_dtype: torch.dtype, progress: Progress | None
 ) -> list[FileInfo]:
@@ -454,6 +474,7 @@ def _write_all(
     total_tensors = len(layout.names)
     writers: list[Any] = []
     infos: list[FileInfo] = []
+    lanes = _Lanes(len(outs))
     try:
         for out in outs:
             if out.kind == "safetensors":
@@ -467,26 +488,67 @@ def _write_all(
             for i, (_, ours, _) in enumerate(out.items):
                 feeds.setdefault(ours, []).append((f, i))
         done_bytes = 0
-        scratch = Scratch()
-        _RankPiece.scratch = scratch
+        in_flight: deque[tuple[list[Future[Any]], int, int]] = deque()  # (jobs, bytes and tensors when done)
+
+        def settle(keep: int) -> None:
+            while len(in_flight) > keep:
+                jobs, done, count = in_flight.popleft()
+                for job in jobs:
+                    job.result()
+                if progress:
+                    progress(done, total_bytes, count, total_tensors)
+
+        large, sets = Scratch(), [Scratch(), Scratch()]
+        set_jobs: list[list[Future[Any]]] = [[], []]  # the last jobs that used each set
+        turn = 0
         if progress:
             progress(0, total_bytes, 0, total_tensors)
+        same_dtype = source.dtype == out_dtype
         for count, name in enumerate(layout.names, 1):
+            feeding = feeds.get(name, [])
+            jobs: list[Future[Any]] = []
+            shards = _shard_extents(source, outs, feeding, name) if same_dtype else None
+            if shards is not None:
+                for (f, i), extents in zip(feeding, shards, strict=True):
+                    jobs.append(lanes.submit(f, writers[f].write_extents, outs[f].items[i][0], extents))
+                    done_bytes += sum(e.nbytes for e in extents)
+                in_flight.append((jobs, done_bytes, count))
+                settle(_IN_FLIGHT)
+                continue
+            nbytes = math.prod(layout.shapes[name]) * max(source.dtype.itemsize, out_dtype.itemsize)
+            scratch: Scratch | None = None
+            if nbytes > _OVERLAP_BYTES:
+                settle(0)
+                scratch = large
+            elif nbytes > _FRESH_BYTES:
+                chosen = turn % 2
+                turn += 1
+                for job in set_jobs[chosen]:
+                    job.result()
+                scratch = sets[chosen]
+                set_jobs[chosen] = jobs
+            _RankPiece.scratch = scratch
             full = source.read(name, scratch)
             if full.dtype != out_dtype:
-                full = scratch.take("cast", full.shape, out_dtype).copy_(full)
-            for f, i in feeds.get(name, []):
+                full = scratch.take("cast", full.shape, out_dtype).copy_(full) if scratch else full.to(out_dtype)
+            for f, i in feeding:
                 stored, _, produce = outs[f].items[i]
                 piece = produce(full)
                 if outs[f].kind == "safetensors":
-                    done_bytes += writers[f].write(stored, piece)
+                    jobs.append(lanes.submit(f, writers[f].write, stored, piece))
                 else:
-                    done_bytes += writers[f].write_tensor(outs[f].refs[stored], piece.contiguous())
+                    piece = piece.contiguous()
+                    jobs.append(lanes.submit(f, writers[f].write_tensor, outs[f].refs[stored], piece))
+                done_bytes += piece.numel() * piece.element_size()
+                if scratch is not None and not _within(piece, full):
+                    jobs[-1].result()  # the piece sits in a scratch slot the next feed reuses
                 del piece
+            # The next tensor to take this scratch set waits for these jobs.
+            in_flight.append((jobs, done_bytes, count))
+            settle(_IN_FLIGHT)
             del full
             _HFSplit._cache = None
-            if progress:
-                progress(done_bytes, total_bytes, count, total_tensors)
+        settle(0)
         for f, out in enumerate(outs):
             writer = writers[f]
             if out.kind == "safetensors":
@@ -499,6 +561,7 @@ def _write_all(
             infos.append(FileInfo(out.name, size, digest))
         return infos
     except BaseException:
+        lanes.shutdown(cancel=True)  # no lane may touch a writer while it is aborted
         for writer in writers:
             try:
                 writer.abort()
@@ -506,6 +569,7 @@ def _write_all(
                 pass
         raise
     finally:
+        lanes.shutdown(cancel=False)
         _RankPiece.scratch = None
         _HFSplit._cache = None
 
@@ -526,7 +590,6 @@ def _fsync_dir(path: Path) -> None:
 
 
 __all__ = [
-    "FORMATS",
     "ConvertResult",
     "FileInfo",
     "ReshardError",

@@ -12,17 +12,14 @@ from reshard.layout import meta_model
 from reshard.safetensors_io import SafetensorsReader
 from reshard.sources import config_from_json, native_file_name, read_native_config
 from training import ModelConfig, TPGroup, Transformer
+from training.hf import parse_dtype
 
 
 def native_config(path: str | os.PathLike[str]) -> tuple[ModelConfig, int, torch.dtype]:
     """(architecture, tp size, dtype) of a native checkpoint."""
     path = Path(path)
     meta = read_native_config(path)
-    return (
-        config_from_json(meta["model"], str(path / "config.json")),
-        int(meta["tp_size"]),
-        getattr(torch, meta["dtype"]),
-    )
+    return config_from_json(meta["model"], str(path / "config.json")), int(meta["tp_size"]), parse_dtype(meta["dtype"])
 
 
 def load_native(

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from reshard.errors import FormatError, UnsafePickleError
-from reshard.safetensors_io import tensor_bytes
+from reshard.safetensors_io import Extent, tensor_bytes
 
 # --------------------------------------------------------------------------------------------
 # Stand-ins for omegaconf (never imported)
@@ -231,6 +231,87 @@ def release(tensor: torch.Tensor) -> None:
     hi = min(((end + _PAGE - 1) // _PAGE) * _PAGE, (hi_bound // _PAGE) * _PAGE)
     if hi > lo:
         _libc.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), _MADV_DONTNEED)
+
+
+class MappedFile:
+    """Where ``torch.load(mmap=True)`` mapped a zip-format file, so that a tensor viewing it can
+    be read with ``pread`` instead of through the mapping: touching mapped pages costs a page
+    fault per 4 KiB (slow in a VM), counts towards resident memory until ``release``d, and the
+    copy out of them is a second pass; pread copies out of the page cache in one.
+
+    ``locate`` finds the mapping from the loaded storages themselves: torch maps the whole file
+    once and each storage starts at its record's data offset, which the zip directory gives.
+    Anything that does not fit that picture gives None, and the caller reads the views.
+    """
+
+    def __init__(self, path: Path, base: int, size: int) -> None:
+        self.path, self.base, self.size = path, base, size
+        self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        self._prefetched = False
+
+    @classmethod
+    def locate(cls, path: Path, obj: Any) -> MappedFile | None:
+        storages: dict[int, int] = {}  # address -> bytes, of every non-empty storage in obj
+        for tensor in _tensors_in(obj):
+            storage = tensor.untyped_storage()
+            if storage.nbytes():
+                storages[storage.data_ptr()] = storage.nbytes()
+        records: dict[int, int] = {}  # data offset in the file -> bytes, of every tensor record
+        try:
+            with zipfile.ZipFile(path) as archive, open(path, "rb") as raw:
+                for info in archive.infolist():
+                    if "/data/" not in info.filename or info.compress_type != zipfile.ZIP_STORED:
+                        continue
+                    raw.seek(info.header_offset)
+                    local = raw.read(30)
+                    if len(local) < 30 or local[:4] != b"PK\x03\x04":
+                        return None
+                    name_len, extra_len = struct.unpack("<HH", local[26:30])
+                    if info.file_size:
+                        records[info.header_offset + 30 + name_len + extra_len] = info.file_size
+            size = path.stat().st_size
+        except (OSError, zipfile.BadZipFile, struct.error):
+            return None
+        if not storages or not records:
+            return None
+        # The lowest storage starts at some record (not necessarily the first one: the file may
+        # hold tensors the caller did not pass); the right one places every storage on a record.
+        lowest = min(storages)
+        for offset in sorted(records):
+            base = lowest - offset
+            if all(records.get(address - base) == nbytes for address, nbytes in storages.items()):
+                return cls(path, base, size)
+        return None
+
+    def extent(self, tensor: torch.Tensor) -> Extent | None:
+        """The file bytes a contiguous view of this mapping holds; None for anything else."""
+        nbytes = tensor.numel() * tensor.element_size()
+        start = tensor.data_ptr() - self.base
+        if not nbytes or not tensor.is_contiguous() or start < 0 or start + nbytes > self.size:
+            return None
+        if not self._prefetched:
+            # First byte wanted from this file: ask the kernel to read all of it ahead (one shard
+            # file, not the checkpoint), so a cold source streams instead of waiting per read.
+            self._prefetched = True
+            if hasattr(os, "posix_fadvise"):
+                os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_WILLNEED)
+        return Extent(self.fd, start, nbytes)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _tensors_in(obj: Any) -> Iterator[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for value in obj.values():
+            yield from _tensors_in(value)
+    elif isinstance(obj, (list, tuple)):
+        for value in obj:
+            yield from _tensors_in(value)
 
 
 # --------------------------------------------------------------------------------------------

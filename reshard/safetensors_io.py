@@ -6,7 +6,8 @@ header), then the raw little-endian bytes of every tensor. The library's ``save_
 every tensor in memory at once; here the header is computed from the shapes up front, so tensors
 are written one at a time, in a fixed order, and hashed as they go. Reading uses ``os.pread``
 into our own buffers instead of a memory map, so pages of a large file never count towards the
-process's resident memory.
+process's resident memory. A tensor whose bytes already lie in a file (an ``Extent``) is copied
+from there with ``pread`` straight into the output's staging buffer.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ import itertools
 import json
 import os
 import struct
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -42,10 +44,55 @@ DTYPE_CODES: dict[torch.dtype, str] = {
 CODE_DTYPES = {code: dtype for dtype, code in DTYPE_CODES.items()}
 _MAX_HEADER = 100 * 1024 * 1024  # the library's own limit
 _CHUNK = 1 << 30  # pread/write at most 1 GiB per call (Linux caps a single call near 2 GiB)
-_HASH_CHUNK = 1 << 24
-# sha256 runs on this thread while the main thread's write() of the same bytes is in the kernel
-# (both release the GIL), so hashing costs no extra wall time.
-_HASHER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reshard-sha256")
+# Bytes are hashed in pieces of this size right after they are copied, while they are still in
+# the CPU cache: sha256 streaming from memory runs about a third slower.
+_HASH_CHUNK = 1 << 20
+
+
+class Extent(NamedTuple):
+    """``nbytes`` bytes of the open file ``fd`` from byte ``offset``."""
+
+    fd: int
+    offset: int
+    nbytes: int
+
+
+def slice_extents(extents: Iterable[Extent], start: int, length: int) -> list[Extent]:
+    """Bytes [start, start + length) of the concatenation of ``extents``, as extents."""
+    out: list[Extent] = []
+    pos = 0
+    for fd, offset, nbytes in extents:
+        lo, hi = max(start, pos), min(start + length, pos + nbytes)
+        if lo < hi:
+            out.append(Extent(fd, offset + lo - pos, hi - lo))
+        pos += nbytes
+    if sum(e.nbytes for e in out) != length:
+        raise ValueError(f"extents hold {pos} bytes; bytes [{start}, {start + length}) are out of range")
+    return out
+
+
+def pread_exactly(fd: int, view: memoryview, offset: int, what: str) -> None:
+    """Fill ``view`` from ``fd`` at ``offset``; a short file is a truncated input."""
+    done = 0
+    while done < len(view):
+        got = os.preadv(fd, [view[done : done + _CHUNK]], offset + done)
+        if got <= 0:
+            raise FormatError(f"{what}: truncated (file ends before byte {offset + len(view)})")
+        done += got
+
+
+def pread_into(extents: Iterable[Extent], out: torch.Tensor, what: str) -> torch.Tensor:
+    """The bytes of ``extents``, in order, into the contiguous tensor ``out`` (no memory map)."""
+    view = out.view(-1).view(torch.uint8).numpy().data.cast("B") if out.numel() else memoryview(b"")
+    pos = 0
+    for fd, offset, nbytes in extents:
+        if pos + nbytes > len(view):
+            raise ValueError(f"{what}: extents hold more than the {len(view)} bytes of the output")
+        pread_exactly(fd, view[pos : pos + nbytes], offset, what)
+        pos += nbytes
+    if pos != len(view):
+        raise ValueError(f"{what}: extents hold {pos} bytes, the output {len(view)}")
+    return out
 
 
 @dataclass(frozen=True)
@@ -71,7 +118,7 @@ def tensor_bytes(tensor: torch.Tensor) -> memoryview:
     flat = tensor.detach().contiguous().reshape(-1)
     if flat.numel() == 0:
         return memoryview(b"")
-    return memoryview(flat.view(torch.uint8).numpy()).cast("B")
+    return flat.view(torch.uint8).numpy().data.cast("B")
 
 
 def _header_bytes(entries: list[TensorEntry], metadata: dict[str, str]) -> bytes:
@@ -99,19 +146,29 @@ def planned_size(entries: list[TensorEntry], metadata: dict[str, str]) -> int:
 # the checkpoint through the page cache, evicting the source being read and throttling on dirty
 # pages; on our VMs that made writing 5x slower than `cp`. RESHARD_DIRECT_IO=0 turns it off.
 _ALIGN = 4096
-_STAGE_BYTES = 16 << 20
+_STAGE_BYTES = 8 << 20
 
 
 def _direct_io_wanted() -> bool:
     return hasattr(os, "O_DIRECT") and os.environ.get("RESHARD_DIRECT_IO", "1") != "0"
 
 
+def _aligned_buffer(nbytes: int) -> tuple[torch.Tensor, memoryview]:
+    raw = torch.empty(nbytes + _ALIGN, dtype=torch.uint8)
+    offset = (-raw.data_ptr()) % _ALIGN
+    aligned = raw[offset : offset + nbytes]
+    return aligned, aligned.numpy().data.cast("B")
+
+
 class SequentialFile:
     """A file written front to back, hashed (sha256) on the way.
 
-    With O_DIRECT, bytes are staged in an aligned buffer and written in aligned blocks while the
-    hasher thread hashes the same block; the last block is padded and the file truncated back
-    to its real size. Without it (tmpfs, other OSes), plain writes with the same overlap.
+    With O_DIRECT, bytes are copied (or ``pread``) into one of two aligned staging buffers and
+    hashed piece by piece as they arrive; a full buffer goes to this file's write thread while
+    the other one fills, so hashing and the disk overlap. The last block is padded and the file
+    truncated back to its real size. Without O_DIRECT (tmpfs, other OSes), plain writes of the
+    same hashed pieces. Hashing runs on the calling thread: files written from different
+    threads hash in parallel.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -127,62 +184,130 @@ class SequentialFile:
                 self.direct = False
         if not self.direct:
             self._fd = os.open(self.path, flags, 0o644)
+        self._buffers: list[torch.Tensor] = []
+        self._stages: list[memoryview] = []
+        self._current = self._fill = 0
+        self._pending: Future[None] | None = None
+        self._writer: ThreadPoolExecutor | None = None
         if self.direct:
-            raw = torch.empty(_STAGE_BYTES + _ALIGN, dtype=torch.uint8)
-            offset = (-raw.data_ptr()) % _ALIGN
-            self._raw = raw
-            self._stage = memoryview(raw[offset : offset + _STAGE_BYTES].numpy()).cast("B")
-            self._fill = 0
+            for _ in range(2):
+                raw, stage = _aligned_buffer(_STAGE_BYTES)
+                self._buffers.append(raw)
+                self._stages.append(stage)
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reshard-write")
 
     def _write_all(self, data: memoryview) -> None:
         done = 0
         while done < len(data):
             done += os.write(self._fd, data[done:])
 
-    def write(self, data: memoryview) -> None:
-        self.size += len(data)
+    def _room(self, want: int) -> memoryview:
+        """Where the next ``want`` bytes (at most) go: the free end of the stage, or a bounce
+        buffer without O_DIRECT."""
+        want = min(want, _HASH_CHUNK)
         if not self.direct:
-            for start in range(0, len(data), _HASH_CHUNK):
-                chunk = data[start : start + _HASH_CHUNK]
-                hashed = _HASHER.submit(self._hash.update, chunk)
-                self._write_all(chunk)
-                hashed.result()
+            if not self._stages:
+                raw, stage = _aligned_buffer(_HASH_CHUNK)
+                self._buffers.append(raw)
+                self._stages.append(stage)
+            return self._stages[0][:want]
+        fill = self._fill
+        return self._stages[self._current][fill : fill + min(want, _STAGE_BYTES - fill)]
+
+    def _commit(self, piece: memoryview) -> None:
+        """``piece`` (from ``_room``) now holds the next bytes of the file: hash, then write
+        (or keep it staged)."""
+        self._hash.update(piece)
+        self.size += len(piece)
+        if not self.direct:
+            self._write_all(piece)
             return
+        self._fill += len(piece)
+        if self._fill == _STAGE_BYTES:
+            self._flush()
+
+    def write(self, data: memoryview) -> None:
         pos = 0
         while pos < len(data):
-            take = min(len(data) - pos, _STAGE_BYTES - self._fill)
-            self._stage[self._fill : self._fill + take] = data[pos : pos + take]
-            self._fill += take
-            pos += take
-            if self._fill == _STAGE_BYTES:
-                self._flush()
+            if not self.direct:  # write straight from the caller's memory
+                piece = data[pos : pos + _HASH_CHUNK]
+                self._hash.update(piece)
+                self._write_all(piece)
+                self.size += len(piece)
+                pos += len(piece)
+                continue
+            room = self._room(len(data) - pos)
+            room[:] = data[pos : pos + len(room)]
+            self._commit(room)
+            pos += len(room)
+
+    def write_tensor(self, data: torch.Tensor) -> None:
+        """Append the bytes of a contiguous 1-D uint8 tensor. Copies into the stage with torch,
+        which (unlike a memoryview copy) releases the GIL, so other lanes keep running."""
+        if not self.direct:
+            self.write(data.numpy().data.cast("B") if data.numel() else memoryview(b""))
+            return
+        pos = 0
+        while pos < data.numel():
+            fill = self._fill
+            room = self._room(data.numel() - pos)
+            self._buffers[self._current][fill : fill + len(room)].copy_(data[pos : pos + len(room)])
+            self._commit(room)
+            pos += len(room)
+
+    def write_from(self, extent: Extent, what: str) -> None:
+        """Append the bytes of ``extent``, read with pread into the staging buffer: the only
+        copy is the kernel's, out of the page cache."""
+        done = 0
+        while done < extent.nbytes:
+            room = self._room(extent.nbytes - done)
+            pread_exactly(extent.fd, room, extent.offset + done, what)
+            self._commit(room)
+            done += len(room)
 
     def _flush(self) -> None:
         real = self._fill
-        hashed = _HASHER.submit(self._hash.update, self._stage[:real])
+        stage = self._stages[self._current]
         padded = -(-real // _ALIGN) * _ALIGN
         if padded != real:
-            self._stage[real:padded] = bytes(padded - real)
-        try:
-            self._write_all(self._stage[:padded])
-        finally:
-            hashed.result()
+            stage[real:padded] = bytes(padded - real)
+        if self._pending is not None:
+            self._pending.result()  # the other stage's write: in order, and that stage is free again
+        assert self._writer is not None
+        self._pending = self._writer.submit(self._write_all, stage[:padded])
+        self._current ^= 1
         self._fill = 0
+
+    def _drain(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
+            self._writer = None
 
     def close(self) -> tuple[int, str]:
         try:
-            if self.direct and self._fill:
-                self._flush()
+            if self.direct:
+                if self._fill:
+                    self._flush()
+                self._drain()
                 os.ftruncate(self._fd, self.size)  # drop the padding of the last block
         finally:
-            os.close(self._fd)
-            self._fd = -1
+            self.abort()
         return self.size, self._hash.hexdigest()
 
     def abort(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        try:
+            self._drain()
+        except OSError:
+            pass
+        finally:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+            self._stages.clear()
+            self._buffers.clear()
 
 
 class SafetensorsWriter:
@@ -208,18 +333,35 @@ class SafetensorsWriter:
     def next_name(self) -> str | None:
         return self.entries[self._next].name if self._next < len(self.entries) else None
 
-    def write(self, name: str, tensor: torch.Tensor) -> int:
+    def _expect(self, name: str) -> TensorEntry:
         if self._next >= len(self.entries):
             raise RuntimeError(f"{self.path}: all planned tensors are already written, got {name!r}")
         entry = self.entries[self._next]
         if name != entry.name:
             raise RuntimeError(f"{self.path}: expected tensor {entry.name!r} next, got {name!r}")
+        return entry
+
+    def write(self, name: str, tensor: torch.Tensor) -> int:
+        entry = self._expect(name)
         if tensor.dtype != entry.dtype or tuple(tensor.shape) != entry.shape:
             raise RuntimeError(
                 f"{self.path}: tensor {name!r} is {tensor.dtype} {tuple(tensor.shape)}, "
                 f"planned {entry.dtype} {entry.shape}"
             )
-        self._emit(tensor_bytes(tensor))
+        flat = tensor.detach().contiguous().reshape(-1)
+        self._file.write_tensor(flat.view(torch.uint8) if flat.numel() else torch.empty(0, dtype=torch.uint8))
+        self._next += 1
+        return entry.nbytes
+
+    def write_extents(self, name: str, extents: list[Extent]) -> int:
+        """Tensor ``name`` from bytes that already lie in files (its stored bytes, in order)."""
+        entry = self._expect(name)
+        if sum(e.nbytes for e in extents) != entry.nbytes:
+            raise RuntimeError(
+                f"{self.path}: tensor {name!r} given {sum(e.nbytes for e in extents)} bytes, planned {entry.nbytes}"
+            )
+        for extent in extents:
+            self._file.write_from(extent, f"{self.path}: source of {name!r}")
         self._next += 1
         return entry.nbytes
 
@@ -318,6 +460,11 @@ class SafetensorsReader:
         except KeyError:
             raise FormatError(f"{self.path}: no tensor {name!r}") from None
 
+    def extent(self, name: str) -> Extent:
+        """Where tensor ``name``'s bytes lie in this file."""
+        _, _, begin, end = self._entry(name)
+        return Extent(self._fd, self.data_start + begin, end - begin)
+
     def read(self, name: str, rows: tuple[int, int] | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
         """The whole tensor, or rows [lo, hi) of its first dimension, as a new tensor (or in
         ``out``, a contiguous tensor of the right shape and dtype)."""
@@ -334,13 +481,9 @@ class SafetensorsReader:
         else:
             buf = torch.empty(nbytes, dtype=torch.uint8)
         if nbytes:
-            view = memoryview(buf.numpy()).cast("B")
-            done = 0
-            while done < nbytes:
-                got = os.preadv(self._fd, [view[done : done + _CHUNK]], self.data_start + begin + done)
-                if got <= 0:
-                    raise FormatError(f"{self.path}: truncated while reading tensor {name!r}")
-                done += got
+            pread_exactly(
+                self._fd, buf.numpy().data.cast("B"), self.data_start + begin, f"{self.path}: tensor {name!r}"
+            )
         return out if out is not None else buf.view(dtype).reshape(shape)
 
     def close(self) -> None:

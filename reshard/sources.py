@@ -3,15 +3,18 @@ tensors. Opening a source checks it completely against the architecture before a
 is read: every stored tensor is either used, explicitly known and ignored, or the open fails
 listing the unused and the missing names; every shape is checked.
 
-``Source.read(name)`` returns one full tensor (a new tensor, owned by the caller). Memory-mapped
-pages touched on the way are released after each tensor, so resident memory stays bounded by
-the largest tensor however big the checkpoint is.
+``Source.read(name)`` returns one full tensor (a new tensor, owned by the caller). Stored bytes
+are read with ``pread`` where their place in the file is known; memory-mapped pages touched
+otherwise are released after each tensor, so resident memory stays bounded by the largest tensor
+however big the checkpoint is. ``Source.local_extents`` lets the engine copy a rank's shard
+straight from the source files when the source already stores exactly that shard.
 """
 
 from __future__ import annotations
 
 import json
-import re
+import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,13 +24,25 @@ import torch
 
 from reshard import metaseq
 from reshard.errors import ArchitectureError, FormatError, MismatchError, UsageError
-from reshard.layout import ModelLayout, Scratch, assemble
-from reshard.pickles import release, safe_load_mapped
-from reshard.safetensors_io import SafetensorsReader
-from training import CONFIGS, ModelConfig, Shard, get_config, hf_name_map
+from reshard.formats import (
+    NATIVE_FORMAT,
+    NATIVE_VERSION,
+    check_native_config,
+    config_from_json,
+    config_to_json,
+    detect,
+    metaseq_files,
+    native_file_name,
+)
+from reshard.layout import ModelLayout, Scratch, assemble, local_block_sizes
+from reshard.pickles import MappedFile, release, safe_load_mapped
+from reshard.safetensors_io import Extent, SafetensorsReader, pread_into, slice_extents
+from training import CONFIGS, ModelConfig, Shard, get_config
+from training.hf import CheckpointError, CheckpointReader, Index, TensorFile, match_checkpoint, parse_dtype
 
-NATIVE_FORMAT = "openrelease-native"
-NATIVE_VERSION = 1
+# The native layout's names, written by convert and read here.
+__all__ = ["NATIVE_FORMAT", "NATIVE_VERSION", "config_from_json", "config_to_json", "native_file_name"]
+
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -41,10 +56,6 @@ TOKENIZER_FILES = (
     "gpt2-vocab.json",
     "gpt2-merges.txt",
 )
-# transformers' old LLaMA exports stored the rotary inverse frequencies; we recompute them.
-_HF_IGNORED = re.compile(r".*\.rotary_emb\.inv_freq$")
-_FSDP_FILE = re.compile(r"^(?P<prefix>.+)-model_part-(?P<part>\d+)-shard(?P<shard>\d+)\.pt$")
-_TP_FILE = re.compile(r"^(?P<prefix>.+)-model_part-(?P<part>\d+)\.pt$")
 
 
 def _listing(names: list[str], limit: int = 8) -> str:
@@ -57,8 +68,8 @@ def check_complete(
     *,
     expected: dict[str, tuple[int, ...]],
     found: dict[str, tuple[int, ...]],
-    ignored: set[str] = frozenset(),
-) -> None:  # type: ignore[assignment]
+    ignored: frozenset[str] | set[str] = frozenset(),
+) -> None:
     """Nothing dropped silently: every found tensor is expected or ignored, every expected one is
     found with the expected shape."""
     missing = sorted(n for n in expected if n not in found)
@@ -106,6 +117,13 @@ class Source:
     def _read(self, name: str, scratch: Scratch | None) -> torch.Tensor:
         raise NotImplementedError
 
+    def local_extents(self, name: str, rank: int, world: int) -> list[Extent] | None:
+        """Rank ``rank``'s shard (of ``world``) of tensor ``name``, in our layout and the source's
+        dtype, as bytes lying in the source files: for sources that store exactly that shard
+        (same tp, blocks at most reordered). None when the shard has to be computed, or when
+        checks need the values (replicated tensors must agree across parts)."""
+        return None
+
     def extra_files(self) -> list[Path]:
         folder = self.path if self.path.is_dir() else self.path.parent
         return [folder / n for n in TOKENIZER_FILES if (folder / n).is_file()]
@@ -135,33 +153,15 @@ def _dtype_of(dtypes: list[torch.dtype], where: str) -> torch.dtype:
 # --------------------------------------------------------------------------------------------
 
 
-def native_file_name(rank: int, tp: int) -> str:
-    return f"model-rank-{rank:05d}-of-{tp:05d}.safetensors"
-
-
-def config_to_json(cfg: ModelConfig) -> dict[str, Any]:
-    import dataclasses
-
-    return dataclasses.asdict(cfg)
-
-
-def config_from_json(fields: dict[str, Any], where: str) -> ModelConfig:
-    try:
-        return ModelConfig(**fields)
-    except (TypeError, ValueError) as exc:
-        raise FormatError(f"{where}: field 'model' is not a valid architecture: {exc}") from None
-
-
 def read_native_config(path: Path) -> dict[str, Any]:
     file = path / "config.json"
     try:
         meta = json.loads(file.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise FormatError(f"{file}: unreadable ({exc})") from None
-    if meta.get("format") != NATIVE_FORMAT:
+    if not isinstance(meta, dict) or meta.get("format") != NATIVE_FORMAT:
         raise FormatError(f"{file}: not an {NATIVE_FORMAT} config (format={meta.get('format')!r})")
-    if meta.get("format_version") != NATIVE_VERSION:
-        raise FormatError(f"{file}: format_version={meta.get('format_version')!r}; this tool reads {NATIVE_VERSION}")
+    check_native_config(meta, str(file))
     return meta
 
 
@@ -178,9 +178,7 @@ class NativeSource(Source):
                 f"{path}/config.json describes {self.config.name}, which differs from --arch {arch}; "
                 f"drop --arch (native checkpoints carry their architecture)"
             )
-        self.tp = int(meta.get("tp_size", 0))
-        if self.tp < 1:
-            raise FormatError(f"{path}/config.json: tp_size={meta.get('tp_size')!r} is not a positive int")
+        self.tp = int(meta["tp_size"])
         padding = meta.get("vocab_padding", {})
         if padding.get("multiple") != self.config.pad_vocab_multiple:
             raise FormatError(
@@ -190,11 +188,7 @@ class NativeSource(Source):
         self.layout = ModelLayout.of(self.config)
         self.files = [path / native_file_name(r, self.tp) for r in range(self.tp)]
         self.readers = [SafetensorsReader(f) for f in self.files]
-        try:
-            self.dtype = getattr(torch, str(meta.get("dtype")))
-            assert isinstance(self.dtype, torch.dtype)
-        except (AttributeError, AssertionError):
-            raise FormatError(f"{path}/config.json: dtype={meta.get('dtype')!r} is not a torch dtype") from None
+        self.dtype = parse_dtype(meta["dtype"])
         for rank, reader in enumerate(self.readers):
             expected = {n: self.layout.local_shape(n, rank, self.tp) for n in self.layout.names}
             check_complete(str(reader.path), expected=expected, found={k: reader.shape(k) for k in reader.keys()})
@@ -215,6 +209,13 @@ class NativeSource(Source):
         out = scratch.take("full", shape, self.dtype) if scratch is not None else None
         return assemble(shape, spec, self.tp, self.dtype, local, out=out)
 
+    def local_extents(self, name: str, rank: int, world: int) -> list[Extent] | None:
+        if world != self.tp:
+            return None
+        # Replicated tensors come from rank 0's file, as ``read`` takes them.
+        replicated = not isinstance(self.layout.specs[name], Shard)
+        return [self.readers[0 if replicated else rank].extent(name)]
+
     def close(self) -> None:
         for reader in self.readers:
             reader.close()
@@ -225,98 +226,61 @@ class NativeSource(Source):
 # --------------------------------------------------------------------------------------------
 
 
-class _HFTensors:
-    """Stored name -> tensor file, with the duck-typed ``read(name, index)`` that training's
-    name-map sources (File/Cat/Stack/PadRows) call."""
+class _SafetensorsFile:
+    """reshard's streaming safetensors reader (``pread``, no memory map) as a ``TensorFile``."""
 
     def __init__(self, path: Path) -> None:
-        self.path = path
-        self.st: dict[str, SafetensorsReader] = {}
-        self.bins: dict[str, dict[str, torch.Tensor]] = {}
-        self.mapped: dict[str, bool] = {}
-        self.where: dict[str, str] = {}
-        index = next(
-            (
-                path / n
-                for n in ("model.safetensors.index.json", "pytorch_model.bin.index.json")
-                if (path / n).is_file()
-            ),
-            None,
-        )
-        if (path / "model.safetensors").is_file():
-            files = ["model.safetensors"]
-        elif index is not None:
-            try:
-                weight_map = json.loads(index.read_text())["weight_map"]
-            except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise FormatError(f"{index}: unreadable index ({exc})") from None
-            files = sorted(set(weight_map.values()))
-        elif (path / "pytorch_model.bin").is_file():
-            files = ["pytorch_model.bin"]
-        else:
-            raise FormatError(f"{path}: no model.safetensors, pytorch_model.bin or index file")
-        self.files = [path / f for f in files]
-        for file in self.files:
-            if not file.is_file():
-                raise FormatError(f"{file}: listed in the index but missing")
-            if file.name.endswith(".safetensors"):
-                reader = SafetensorsReader(file)
-                self.st[file.name] = reader
-                names = reader.keys()
-            else:
-                state, self.mapped[file.name] = safe_load_mapped(file)
-                if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-                    raise FormatError(f"{file}: expected a flat dict of tensors")
-                self.bins[file.name] = state
-                names = list(state)
-            for name in names:
-                if name in self.where:
-                    raise FormatError(f"{path}: tensor {name!r} is stored twice ({self.where[name]}, {file.name})")
-                self.where[name] = file.name
-        if index is not None and not (path / "model.safetensors").is_file():
-            listed = set(weight_map)
-            if listed != set(self.where):
-                raise MismatchError(
-                    f"{index}: index and files disagree on {_listing(sorted(listed ^ set(self.where)))}"
-                )
-        # transformers' OPT exports sometimes omit the "model." prefix ("decoder.layers.0...").
-        self.prefix = "" if any(k.startswith("model.") for k in self.where) else "model."
+        self.reader = SafetensorsReader(path)
 
-    def ours(self, stored: str) -> str:
-        return stored if stored.startswith("lm_head.") else self.prefix + stored
-
-    def stored(self, name: str) -> str:
-        return name if name.startswith("lm_head.") else name.removeprefix(self.prefix)
-
-    def names(self) -> list[str]:
-        return [self.ours(k) for k in self.where]
+    def keys(self) -> list[str]:
+        return self.reader.keys()
 
     def shape(self, name: str) -> tuple[int, ...]:
-        stored = self.stored(name)
-        file = self.where[stored]
-        return self.st[file].shape(stored) if file in self.st else tuple(self.bins[file][stored].shape)
+        return self.reader.shape(name)
 
     def dtype(self, name: str) -> torch.dtype:
-        stored = self.stored(name)
-        file = self.where[stored]
-        return self.st[file].dtype(stored) if file in self.st else self.bins[file][stored].dtype
+        return self.reader.dtype(name)
 
-    def read(self, name: str, index: tuple[slice, ...]) -> torch.Tensor:
-        stored = self.stored(name)
-        file = self.where[stored]
-        if file in self.st:
-            full = self.st[file].read(stored, (index[0].start, index[0].stop))
-            return full[(slice(None), *index[1:])]
-        mapped = self.bins[file][stored]
-        out = mapped[index].clone()
-        if self.mapped[file]:
-            release(mapped)
+    def close(self) -> None:
+        self.reader.close()
+
+    def read(self, name: str, index: Index) -> torch.Tensor:
+        rows = self.reader.read(name, (index[0].start, index[0].stop))
+        return rows[(slice(None), *index[1:])]
+
+
+class _PickledStateFile:
+    """A ``pytorch_model*.bin`` through the allowlist unpickler, its mapped pages released after
+    each read."""
+
+    def __init__(self, path: Path) -> None:
+        state, self.mapped = safe_load_mapped(path)
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise FormatError(f"{path}: expected a flat dict of tensors")
+        self.state: dict[str, torch.Tensor] = state
+
+    def keys(self) -> list[str]:
+        return list(self.state)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self.state[name].shape)
+
+    def dtype(self, name: str) -> torch.dtype:
+        return self.state[name].dtype
+
+    def read(self, name: str, index: Index) -> torch.Tensor:
+        stored = self.state[name]
+        out = stored[index].clone()
+        if self.mapped:
+            release(stored)
         return out
 
     def close(self) -> None:
-        for reader in self.st.values():
-            reader.close()
-        self.bins.clear()
+        self.state = {}
+
+
+def _open_tensor_file(path: Path) -> TensorFile:
+    return _SafetensorsFile(path) if path.name.endswith(".safetensors") else _PickledStateFile(path)
 
 
 class HFSource(Source):
@@ -348,20 +312,23 @@ class HFSource(Source):
                 )
             self.config = forced
             self.architecture_from = "--arch"
-        self.tensors = _HFTensors(path)
+        try:
+            self.tensors = CheckpointReader(path, open_file=_open_tensor_file)
+        except CheckpointError as exc:
+            raise FormatError(str(exc)) from None
         self.files = self.tensors.files
         self.tp = 1
         self.layout = ModelLayout.of(self.config)
-        found = {n: self.tensors.shape(n) for n in self.tensors.names()}
-        layout = "stacked" if any(k.endswith("mlp.experts.gate_up_proj") for k in found) else "per_expert"
-        self.name_map = hf_name_map(self.config, expert_layout=layout)
-        expected = {leaf.name: leaf.shape for src in self.name_map.values() for leaf in src.leaves()}
-        ignored = {n for n in found if _HF_IGNORED.match(n)}
+        try:
+            self.name_map = match_checkpoint(self.config, self.tensors)
+        except CheckpointError as exc:
+            self.tensors.close()
+            raise MismatchError(
+                f"{exc}. Check --arch / the config, or the file set.", missing=exc.missing, unused=exc.unused
+            ) from None
+        expected = [leaf.name for src in self.name_map.values() for leaf in src.leaves()]
         # A tied model's head may still be stored; it is checked equal to the embedding on read.
-        self.tied_head = self.config.tied and "lm_head.weight" in found
-        if self.tied_head:
-            ignored.add("lm_head.weight")
-        check_complete(str(path), expected=expected, found=found, ignored=ignored)
+        self.tied_head = self.config.tied and "lm_head.weight" in self.tensors.keys()
         self.dtype = _dtype_of([self.tensors.dtype(n) for n in expected], str(path))
         if set(self.name_map) != set(self.layout.names):
             raise RuntimeError(
@@ -404,9 +371,10 @@ class _Part:
 
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     dtypes: dict[str, torch.dtype] = field(default_factory=dict)
-    reader: Callable[[str, Scratch | None], torch.Tensor] | None = None  # may return a view of a mapped file
     buffers: dict[str, torch.Tensor] = field(default_factory=dict)
-    segments: Callable[[str], list[torch.Tensor]] | None = None  # the tensor as 1-D views, in order
+    # The stored tensor as views of the loaded files, in storage order: one view, or the 1-D
+    # pieces an FSDP flat parameter spreads over shard files. Calling it touches no data.
+    views: Callable[[str], list[torch.Tensor]] | None = None
     touched: list[torch.Tensor] = field(default_factory=list)  # mapped views read since the last release
     mapped: bool = False
 
@@ -417,59 +385,23 @@ class _Part:
         self.touched.clear()
 
 
-def find_metaseq_files(path: Path) -> tuple[str, dict[int, dict[int, Path]] | dict[int, Path]]:
-    """("fsdp", {part: {shard: file}}) or ("tp", {part: file})."""
-    folder, chosen = (path, None) if path.is_dir() else (path.parent, path.name)
-    fsdp: dict[str, dict[int, dict[int, Path]]] = {}
-    tp: dict[str, dict[int, Path]] = {}
-    for file in sorted(folder.iterdir()):
-        if m := _FSDP_FILE.match(file.name):
-            fsdp.setdefault(m["prefix"], {}).setdefault(int(m["part"]), {})[int(m["shard"])] = file
-        elif m := _TP_FILE.match(file.name):
-            tp.setdefault(m["prefix"], {})[int(m["part"])] = file
-    if chosen is not None:
-        m = _FSDP_FILE.match(chosen) or _TP_FILE.match(chosen)
-        if m is None:
-            raise FormatError(f"{path}: not a metaseq file name (*-model_part-P-shardS.pt or *-model_part-P.pt)")
-        fsdp = {k: v for k, v in fsdp.items() if k == m["prefix"]} if _FSDP_FILE.match(chosen) else {}
-        tp = {k: v for k, v in tp.items() if k == m["prefix"]} if not _FSDP_FILE.match(chosen) else {}
-    sets = [("fsdp", p, v) for p, v in fsdp.items()] + [("tp", p, v) for p, v in tp.items()]
-    if not sets:
-        raise FormatError(f"{path}: no metaseq files (*-model_part-P-shardS.pt or *-model_part-P.pt)")
-    if len(sets) > 1:
-        raise UsageError(
-            f"{path}: holds several checkpoints ({', '.join(s[1] for s in sets)}); pass one of their "
-            f"files as SRC to pick one"
-        )
-    kind, prefix, files = sets[0]
-    parts = sorted(files)
-    if parts != list(range(len(parts))):
-        raise FormatError(f"{folder}: parts {parts} of {prefix} are not 0..{len(parts) - 1}; a part file is missing")
-    if kind == "fsdp":
-        counts = {p: sorted(files[p]) for p in parts}  # type: ignore[index]
-        n = max(len(c) for c in counts.values())
-        for p, shards in counts.items():
-            if shards != list(range(n)):
-                missing = sorted(set(range(n)) - set(shards))
-                raise FormatError(f"{folder}: part {p} of {prefix} is missing shard file(s) {missing}")
-    return kind, files
-
-
 class MetaseqSource(Source):
     def __init__(self, path: Path, arch: str | None = None) -> None:
         self.path = path
-        kind, found = find_metaseq_files(path)
-        self.format = "metaseq-fsdp" if kind == "fsdp" else "metaseq-tp"
+        folder, chosen = (path, None) if path.is_dir() else (path.parent, path.name)
+        listed = [entry.name for entry in folder.iterdir() if entry.is_file()]
+        found = metaseq_files(listed, where=str(path), chosen=chosen)
+        self.format = "metaseq-fsdp" if found.kind == "fsdp" else "metaseq"
         self.parts: list[_Part] = []
         self._loaded: list[Any] = []
+        self._mapped: list[MappedFile] = []
         self.files = []
         first_cfg = None
-        for p in sorted(found):
-            if kind == "fsdp":
-                shard_files = [found[p][s] for s in sorted(found[p])]  # type: ignore[index]
-                part, cfg = self._open_fsdp_part(shard_files)
+        for shard_names in found.parts:
+            if found.kind == "fsdp":
+                part, cfg = self._open_fsdp_part([folder / name for name in shard_names])
             else:
-                part, cfg = self._open_tp_part(found[p])  # type: ignore[arg-type]
+                part, cfg = self._open_tp_part(folder / shard_names[0])
             self.parts.append(part)
             first_cfg = first_cfg if first_cfg is not None else cfg
         self.tp = len(self.parts)
@@ -514,6 +446,9 @@ class MetaseqSource(Source):
             raise FormatError(f"{file}: not a metaseq checkpoint (no 'model' dict)")
         self._loaded.append(obj)
         self.files.append(file)
+        located = MappedFile.locate(file, obj) if mapped else None
+        if located is not None:
+            self._mapped.append(located)
         return obj, mapped
 
     def _open_tp_part(self, file: Path) -> tuple[_Part, Any]:
@@ -526,16 +461,7 @@ class MetaseqSource(Source):
             clean = metaseq.clean_name(name)
             part.shapes[clean], part.dtypes[clean] = tuple(tensor.shape), tensor.dtype
         tensors = {metaseq.clean_name(k): v for k, v in model.items()}
-
-        def read(name: str, scratch: Scratch | None) -> torch.Tensor:
-            part.touched.append(tensors[name])
-            return tensors[name]
-
-        def segments(name: str) -> list[torch.Tensor]:
-            part.touched.append(tensors[name])
-            return [tensors[name].reshape(-1)]
-
-        part.reader, part.segments = read, segments
+        part.views = lambda name: [tensors[name]]
         part.dtypes.pop(metaseq.VERSION_BUFFER, None)
         return part, obj.get("cfg")
 
@@ -621,43 +547,86 @@ class MetaseqSource(Source):
                     f"its metadata needs {total}: a shard is truncated, corrupt or from another run"
                 )
 
-        def read(name: str, scratch: Scratch | None) -> torch.Tensor:
+        def views(name: str) -> list[torch.Tensor]:
             if name in part.buffers:
-                return part.buffers[name]
+                return [part.buffers[name]]
             entry = entries[name]
             pieces = []
             for start, length, flat in segments_of[entry.module_key]:
                 lo, hi = max(entry.offset, start), min(entry.offset + entry.numel, start + length)
                 if lo < hi:
                     pieces.append(flat[lo - start : hi - start])
-            part.touched.extend(pieces)
-            # A tensor split across shard files is joined (copied) here, and only here.
-            if len(pieces) == 1:
-                return pieces[0].view(entry.shape)
-            out = scratch.take("join", (entry.numel,), pieces[0].dtype) if scratch is not None else None
-            return torch.cat(pieces, out=out).view(entry.shape)
-
-        def segments(name: str) -> list[torch.Tensor]:
-            if name in part.buffers:
-                return [part.buffers[name].reshape(-1)]
-            entry = entries[name]
-            pieces = []
-            for start, length, flat in segments_of[entry.module_key]:
-                lo, hi = max(entry.offset, start), min(entry.offset + entry.numel, start + length)
-                if lo < hi:
-                    pieces.append(flat[lo - start : hi - start])
-            part.touched.extend(pieces)
             return pieces
 
-        part.reader, part.segments = read, segments
+        part.views = views
         return part, shards[0].get("cfg")
 
     # ---- reading ------------------------------------------------------------------------------
 
+    def _extents(self, views: list[torch.Tensor]) -> list[Extent] | None:
+        """The file bytes behind ``views``, in order, or None if any of them cannot be placed."""
+        extents = []
+        for view in views:
+            extent = next((e for m in self._mapped if (e := m.extent(view)) is not None), None)
+            if extent is None:
+                return None
+            extents.append(extent)
+        return extents
+
     def _part_tensor(self, p: int, name: str, scratch: Scratch | None = None) -> torch.Tensor:
-        reader = self.parts[p].reader
-        assert reader is not None
-        return reader(name, scratch)
+        """Part ``p``'s stored tensor ``name``: read with pread (into ``scratch``'s "join" slot
+        when given) if its bytes can be placed in the files, else joined from or viewing the
+        mapped file."""
+        part = self.parts[p]
+        assert part.views is not None
+        views, shape = part.views(name), part.shapes[name]
+        extents = self._extents(views)
+        if extents is not None:
+            dtype = views[0].dtype
+            out = scratch.take("join", shape, dtype) if scratch is not None else torch.empty(shape, dtype=dtype)
+            return pread_into(extents, out, f"{self.path} (part {p}): {name}")
+        part.touched.extend(views)
+        if len(views) == 1:
+            return views[0].reshape(shape)
+        flat = scratch.take("join", (math.prod(shape),), views[0].dtype) if scratch is not None else None
+        # A tensor split across shard files is joined (copied) here, and only here.
+        return torch.cat(views, out=flat).view(shape)
+
+    def local_extents(self, name: str, rank: int, world: int) -> list[Extent] | None:
+        spec, theirs = self.layout.specs[name], self.names[name]
+        if world != self.tp or not isinstance(spec, Shard):
+            return None
+        if name == "embed.weight" and any(metaseq.TIED_OUTPUT in part.shapes for part in self.parts):
+            return None  # the stored output projection must be compared with it
+        part = self.parts[rank]
+        assert part.views is not None
+        extents = self._extents(part.views(theirs))
+        if extents is None or part.dtypes[theirs] != self.dtype:
+            return None
+        local_shape = self.layout.local_shape(name, rank, world)
+        nbytes = math.prod(local_shape) * self.dtype.itemsize
+        if sum(e.nbytes for e in extents) != nbytes:
+            raise MismatchError(
+                f"{self.path} (part {rank}): {theirs} holds {sum(e.nbytes for e in extents)} bytes, "
+                f"expected {nbytes} for shape {list(local_shape)}"
+            )
+        if not metaseq.is_qkv(name):
+            return extents
+        # Each part stores its q|k|v rows as k|v|q: pick the blocks' byte ranges in our order.
+        full_shape = self.layout.shapes[name]
+        if spec.dim % len(full_shape) != 0:
+            return None
+        sizes = local_block_sizes(spec, full_shape, world)
+        row_bytes = nbytes // local_shape[0]
+        stored_offset, offset = {}, 0
+        for block in metaseq.QKV_ORDER:
+            stored_offset[block] = offset
+            offset += sizes[block]
+        return [
+            piece
+            for block, size in enumerate(sizes)
+            for piece in slice_extents(extents, stored_offset[block] * row_bytes, size * row_bytes)
+        ]
 
     def _read(self, name: str, scratch: Scratch | None) -> torch.Tensor:
         spec = self.layout.specs[name]
@@ -677,10 +646,20 @@ class MetaseqSource(Source):
                 full = out if out is not None else torch.empty(full_shape, dtype=self.dtype)
                 flat, pos = full.view(-1), 0
                 for p in range(self.tp):
-                    segs = self.parts[p].segments
-                    assert segs is not None
-                    for piece in segs(theirs):
-                        flat[pos : pos + piece.numel()].copy_(piece)
+                    views = self.parts[p].views
+                    assert views is not None
+                    pieces = views(theirs)
+                    extents = self._extents(pieces) if pieces and pieces[0].dtype == self.dtype else None
+                    if extents is not None:
+                        count = sum(e.nbytes for e in extents) // self.dtype.itemsize
+                        if pos + count > flat.numel():
+                            break  # reported below
+                        pread_into(extents, flat[pos : pos + count], f"{self.path} (part {p}): {theirs}")
+                        pos += count
+                        continue
+                    self.parts[p].touched.extend(pieces)
+                    for piece in pieces:
+                        flat[pos : pos + piece.numel()].copy_(piece.reshape(-1))
                         pos += piece.numel()
                 if pos != flat.numel():
                     raise MismatchError(
@@ -712,6 +691,9 @@ class MetaseqSource(Source):
     def close(self) -> None:
         self._loaded.clear()
         self.parts.clear()
+        for mapped in self._mapped:
+            mapped.close()
+        self._mapped.clear()
 
 
 class StateSource(Source):
@@ -719,8 +701,11 @@ class StateSource(Source):
 
     format = "state"
 
-    def __init__(self, state: dict[str, torch.Tensor], config: ModelConfig) -> None:
+    def __init__(
+        self, state: dict[str, torch.Tensor], config: ModelConfig, *, extra_files: list[Path] | tuple[Path, ...] = ()
+    ) -> None:
         self.path = Path(".")
+        self._extra_files = [Path(f) for f in extra_files]
         self.config, self.layout, self.tp, self.files = config, ModelLayout.of(config), 1, []
         self.architecture_from = "checkpoint"
         self.state = state
@@ -731,55 +716,15 @@ class StateSource(Source):
         return self.state[name].detach().to("cpu", self.dtype)
 
     def extra_files(self) -> list[Path]:
-        return []
+        return list(self._extra_files)
 
 
-# --------------------------------------------------------------------------------------------
-# Detection
-# --------------------------------------------------------------------------------------------
-
-
-def detect(path: Path) -> str:
-    if not path.exists():
-        raise FormatError(f"{path}: no such file or directory")
-    if path.is_dir():
-        config = path / "config.json"
-        if config.is_file():
-            try:
-                meta = json.loads(config.read_text())
-            except (OSError, json.JSONDecodeError) as exc:
-                raise FormatError(f"{config}: unreadable ({exc})") from None
-            if isinstance(meta, dict) and meta.get("format") == NATIVE_FORMAT:
-                return "native"
-        if any(
-            (path / n).is_file()
-            for n in (
-                "model.safetensors",
-                "model.safetensors.index.json",
-                "pytorch_model.bin",
-                "pytorch_model.bin.index.json",
-            )
-        ):
-            return "hf"
-        names = [f.name for f in path.iterdir()]
-        if any(_FSDP_FILE.match(n) or _TP_FILE.match(n) for n in names):
-            return "metaseq"
-        raise FormatError(
-            f"{path}: not a checkpoint we know (native config.json, transformers model files, or "
-            f"metaseq *-model_part-P[-shardS].pt)"
-        )
-    if _FSDP_FILE.match(path.name) or _TP_FILE.match(path.name):
-        return "metaseq"
-    if path.name == "config.json" or path.suffix in (".safetensors", ".bin", ".json"):
-        return detect(path.parent)
-    raise FormatError(f"{path}: not a checkpoint we know; pass the checkpoint directory")
-
-
-def open_source(path: str | Path, *, arch: str | None = None) -> Source:
+def open_source(path: str | os.PathLike[str], *, arch: str | None = None) -> Source:
     path = Path(path)
-    kind = detect(path)
-    if kind == "native":
-        return NativeSource(path if path.is_dir() else path.parent, arch)
-    if kind == "hf":
-        return HFSource(path if path.is_dir() else path.parent, arch)
+    detected = detect(path)
+    folder = path if path.is_dir() else path.parent
+    if detected.format == "native":
+        return NativeSource(folder, arch)
+    if detected.format == "hf":
+        return HFSource(folder, arch)
     return MetaseqSource(path, arch)

@@ -26,7 +26,7 @@ def make_user(email: str, *, full_name: str = "", affiliation: str = "", verifie
 
 
 def make_reviewer(email: str, *, full_name: str = "") -> Any:
-    from access.services import reviewer_group
+    from access.services.accounts import reviewer_group
 
     user = make_user(email, full_name=full_name, affiliation="Release team")
     user.groups.add(reviewer_group())
@@ -103,7 +103,7 @@ def make_release(*, slug: str, name: str, gated: bool) -> Any:
 
 
 def application_input(release: Any, **overrides: Any) -> Any:
-    from access.services import ApplicationInput
+    from access.services.applications import ApplicationInput
 
     values: dict[str, Any] = dict(
         full_name="Alice Adams",
@@ -123,7 +123,8 @@ def application_input(release: Any, **overrides: Any) -> Any:
 
 
 def make_application(user: Any, release: Any, **overrides: Any) -> Any:
-    from access.services import RequestMeta, application_submit
+    from access.services.applications import application_submit
+    from access.services.audit import RequestMeta
 
     return application_submit(
         applicant=user,

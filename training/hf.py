@@ -13,9 +13,10 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
@@ -32,9 +33,58 @@ Index = tuple[slice, ...]
 # frequencies, and some OPT exports store the tied head explicitly.
 _IGNORED_KEYS = (re.compile(r".*\.rotary_emb\.inv_freq$"),)
 
+# A transformers checkpoint's weights: one file, or shards named by an index.
+HF_SINGLE_FILES = ("model.safetensors", "pytorch_model.bin")
+HF_INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+
+# The dtypes checkpoints are stored in, by every accepted spelling: torch's names (what
+# config.json and our outputs record) and the short ones people type.
+DTYPES: dict[str, torch.dtype] = {
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float32": torch.float32,
+    "fp32": torch.float32,
+}
+SHORT_DTYPE_NAMES: dict[torch.dtype, str] = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
+
+
+def parse_dtype(spelling: str | torch.dtype) -> torch.dtype:
+    """The torch dtype for a name from ``DTYPES`` (or a dtype itself, checked against it)."""
+    if isinstance(spelling, torch.dtype):
+        if spelling not in SHORT_DTYPE_NAMES:
+            raise ValueError(f"dtype {spelling}: use one of fp16, bf16, fp32")
+        return spelling
+    try:
+        return DTYPES[spelling.removeprefix("torch.")]
+    except KeyError:
+        raise ValueError(f"dtype {spelling!r}: use one of fp16, bf16, fp32") from None
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """torch's name of ``dtype`` ("float16"), as config.json files record it."""
+    return str(dtype).removeprefix("torch.")
+
+
+def hf_config_dtype(hf_config: dict[str, Any]) -> str:
+    """The dtype a transformers config.json states, "" when none: transformers 5 writes "dtype",
+    4.x wrote "torch_dtype"."""
+    return str(hf_config.get("dtype") or hf_config.get("torch_dtype") or "")
+
 
 class CheckpointError(ValueError):
-    """A checkpoint does not match the model its config.json describes."""
+    """A checkpoint does not match the model its config.json describes, or its files do not
+    form a checkpoint. ``missing`` and ``unused`` list the tensor names at fault, if any."""
+
+    def __init__(self, message: str, *, missing: list[str] | None = None, unused: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.missing = list(missing or [])
+        self.unused = list(unused or [])
+
+
+def _listing(names: list[str], limit: int = 5) -> str:
+    return f"{names[:limit]}" + (f" (and {len(names) - limit} more)" if len(names) > limit else "")
 
 
 # --------------------------------------------------------------------------------------------
@@ -42,46 +92,150 @@ class CheckpointError(ValueError):
 # --------------------------------------------------------------------------------------------
 
 
-class CheckpointReader:
-    """Lazy view of a transformers directory: single ``model.safetensors`` or a sharded set with
-    ``model.safetensors.index.json``. Opens each file once, reads slices on demand."""
+class TensorFile(Protocol):
+    """One opened weights file: its tensors' names, shapes and dtypes, and slices of them."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
-        index = self.path / "model.safetensors.index.json"
-        single = self.path / "model.safetensors"
-        if index.exists():
-            weight_map: dict[str, str] = json.loads(index.read_text())["weight_map"]
-        elif single.exists():
-            with safe_open(str(single), "pt") as handle:
-                weight_map = {key: single.name for key in handle.keys()}
-        else:
-            raise FileNotFoundError(f"{self.path} has neither model.safetensors nor model.safetensors.index.json")
-        self.weight_map = weight_map
-        self._handles: dict[str, Any] = {}
-        # transformers' OPT exports sometimes omit the "model." prefix ("decoder.layers.0...").
-        self.prefix = "" if any(k.startswith("model.") for k in weight_map) else "model."
+    def keys(self) -> list[str]: ...
 
-    def keys(self) -> set[str]:
-        return {k if k.startswith("lm_head.") else self.prefix + k for k in self.weight_map}
+    def shape(self, name: str) -> tuple[int, ...]: ...
 
-    def _stored(self, name: str) -> str:
-        return name.removeprefix(self.prefix) if self.prefix else name
+    def dtype(self, name: str) -> torch.dtype: ...
 
-    def _slice(self, name: str) -> Any:
-        stored = self._stored(name)
-        if stored not in self.weight_map:
-            raise CheckpointError(f"checkpoint {self.path} is missing tensor {name!r}")
-        file = self.weight_map[stored]
-        if file not in self._handles:
-            self._handles[file] = safe_open(str(self.path / file), "pt")
-        return self._handles[file].get_slice(stored)
+    def read(self, name: str, index: Index) -> torch.Tensor: ...
+
+    def close(self) -> None: ...
+
+
+class _SafetensorsFile:
+    """safetensors' own reader: ``get_slice`` reads just the requested slice."""
+
+    def __init__(self, path: Path) -> None:
+        self._handle: Any = safe_open(str(path), "pt")
+
+    def keys(self) -> list[str]:
+        return list(self._handle.keys())
 
     def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self._slice(name).get_shape())
+        return tuple(self._handle.get_slice(name).get_shape())
+
+    def dtype(self, name: str) -> torch.dtype:
+        code = self._handle.get_slice(name).get_dtype()
+        if code not in _SAFETENSORS_DTYPES:
+            raise CheckpointError(f"tensor {name!r} is stored as {code}; expected one of F16, BF16, F32")
+        return _SAFETENSORS_DTYPES[code]
 
     def read(self, name: str, index: Index) -> torch.Tensor:
-        return self._slice(name)[index]
+        return self._handle.get_slice(name)[index]
+
+    def close(self) -> None:
+        self._handle = None
+
+
+_SAFETENSORS_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32}
+
+
+class _TorchBinFile:
+    """A ``pytorch_model*.bin`` state dict, memory-mapped; ``weights_only`` refuses code in the pickle."""
+
+    def __init__(self, path: Path) -> None:
+        state = torch.load(str(path), map_location="cpu", mmap=True, weights_only=True)
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise CheckpointError(f"{path}: expected a flat dict of tensors")
+        self._state: dict[str, torch.Tensor] = state
+
+    def keys(self) -> list[str]:
+        return list(self._state)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._state[name].shape)
+
+    def dtype(self, name: str) -> torch.dtype:
+        return self._state[name].dtype
+
+    def read(self, name: str, index: Index) -> torch.Tensor:
+        return self._state[name][index].clone()
+
+    def close(self) -> None:
+        self._state = {}
+
+
+def open_tensor_file(path: Path) -> TensorFile:
+    return _SafetensorsFile(path) if path.name.endswith(".safetensors") else _TorchBinFile(path)
+
+
+class CheckpointReader:
+    """Lazy view of a transformers directory: ``model.safetensors`` or ``pytorch_model.bin``, or a
+    sharded set named by its index. Opens each file once through ``open_file`` and reads slices
+    on demand. Names are ours to the outside: "model."-prefixed even where an export left the
+    prefix out."""
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, open_file: Callable[[Path], TensorFile] = open_tensor_file
+    ) -> None:
+        self.path = Path(path)
+        single = next((self.path / n for n in HF_SINGLE_FILES if (self.path / n).is_file()), None)
+        index = next((self.path / n for n in HF_INDEX_FILES if (self.path / n).is_file()), None)
+        weight_map: dict[str, str] | None = None
+        if single is not None:
+            names = [single.name]
+        elif index is not None:
+            try:
+                weight_map = dict(json.loads(index.read_text())["weight_map"])
+            except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                raise CheckpointError(f"{index}: unreadable index ({exc})") from None
+            names = sorted(set(weight_map.values()))
+        else:
+            raise CheckpointError(
+                f"{self.path}: no transformers weights ({', '.join(HF_SINGLE_FILES + HF_INDEX_FILES)})"
+            )
+        self.files = [self.path / name for name in names]
+        self._files: dict[str, TensorFile] = {}
+        self._where: dict[str, str] = {}  # stored tensor name -> file name
+        try:
+            for file in self.files:
+                if not file.is_file():
+                    raise CheckpointError(f"{file}: listed in the index but missing")
+                opened = self._files[file.name] = open_file(file)
+                for key in opened.keys():
+                    if key in self._where:
+                        raise CheckpointError(
+                            f"{self.path}: tensor {key!r} is stored twice ({self._where[key]}, {file.name})"
+                        )
+                    self._where[key] = file.name
+            if weight_map is not None and set(weight_map) != set(self._where):
+                disagree = sorted(set(weight_map) ^ set(self._where))
+                raise CheckpointError(f"{index}: index and files disagree on {_listing(disagree)}")
+        except BaseException:
+            self.close()
+            raise
+        # transformers' OPT exports sometimes omit the "model." prefix ("decoder.layers.0...").
+        self.prefix = "" if any(k.startswith("model.") for k in self._where) else "model."
+
+    def _stored(self, name: str) -> str:
+        stored = name if name.startswith("lm_head.") else name.removeprefix(self.prefix)
+        if stored not in self._where:
+            raise CheckpointError(f"checkpoint {self.path} is missing tensor {name!r}")
+        return stored
+
+    def keys(self) -> set[str]:
+        return {k if k.startswith("lm_head.") else self.prefix + k for k in self._where}
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        stored = self._stored(name)
+        return self._files[self._where[stored]].shape(stored)
+
+    def dtype(self, name: str) -> torch.dtype:
+        stored = self._stored(name)
+        return self._files[self._where[stored]].dtype(stored)
+
+    def read(self, name: str, index: Index) -> torch.Tensor:
+        stored = self._stored(name)
+        return self._files[self._where[stored]].read(stored, index)
+
+    def close(self) -> None:
+        for opened in self._files.values():
+            opened.close()
+        self._files.clear()
 
 
 # --------------------------------------------------------------------------------------------
@@ -279,12 +433,37 @@ def hf_name_map(cfg: ModelConfig, *, expert_layout: str = "per_expert") -> dict[
 # --------------------------------------------------------------------------------------------
 
 
-def _dtype_from_config(hf: dict[str, Any]) -> torch.dtype:
-    name = hf.get("dtype") or hf.get("torch_dtype") or "float32"
-    dtype = getattr(torch, str(name), None)
-    if not isinstance(dtype, torch.dtype):
-        raise ValueError(f"config.json field dtype={name!r} is not a torch dtype; pass dtype= explicitly")
-    return dtype
+def match_checkpoint(cfg: ModelConfig, reader: CheckpointReader) -> dict[str, Any]:
+    """The name map of ``cfg`` for the tensors ``reader`` holds, after checking that every
+    checkpoint tensor is one the config implies, with its shape, and none is missing: before
+    any weight is read. A tied model's head may be stored too (its caller decides what to do
+    with it)."""
+    keys = reader.keys()
+    layout = "stacked" if any(k.endswith("mlp.experts.gate_up_proj") for k in keys) else "per_expert"
+    name_map = hf_name_map(cfg, expert_layout=layout)
+    expected = {leaf.name: leaf.shape for src in name_map.values() for leaf in src.leaves()}
+    missing = sorted(n for n in expected if n not in keys)
+    if missing:
+        raise CheckpointError(
+            f"checkpoint {reader.path} is missing tensor(s) {_listing(missing)} that the config requires",
+            missing=missing,
+        )
+    ignorable = {"lm_head.weight"} if cfg.tied else set()
+    unknown = sorted(k for k in keys - expected.keys() - ignorable if not any(p.match(k) for p in _IGNORED_KEYS))
+    if unknown:
+        raise CheckpointError(
+            f"checkpoint {reader.path} has unknown tensor(s) {_listing(unknown)}: they match no "
+            f"parameter of a {cfg.family} model with this config.json",
+            unused=unknown,
+        )
+    for name, shape in expected.items():
+        found = reader.shape(name)
+        if found != shape:
+            raise CheckpointError(
+                f"tensor {name!r} in {reader.path} has shape {found}, but config.json implies {shape}: "
+                f"the weights and config.json do not belong together"
+            )
+    return name_map
 
 
 def load_pretrained(
@@ -305,38 +484,31 @@ def load_pretrained(
         raise FileNotFoundError(f"{config_file} not found: a transformers checkpoint directory needs config.json")
     hf_config = json.loads(config_file.read_text())
     cfg = ModelConfig.from_hf(hf_config, name=path.name)
+    if dtype is None:
+        try:
+            dtype = parse_dtype(hf_config_dtype(hf_config) or "float32")
+        except ValueError as exc:
+            raise ValueError(f"{config_file}: {exc}; or pass dtype= explicitly") from None
     tp = TPGroup.resolve(group)
     reader = CheckpointReader(path)
-    keys = reader.keys()
+    try:
+        return _load(cfg, reader, match_checkpoint(cfg, reader), dtype=dtype, device=device, tp=tp)
+    finally:
+        reader.close()
 
-    layout = "stacked" if any(k.endswith("mlp.experts.gate_up_proj") for k in keys) else "per_expert"
-    name_map = hf_name_map(cfg, expert_layout=layout)
 
-    # Validate every checkpoint tensor against the config before reading any data.
-    expected = {leaf.name: leaf.shape for src in name_map.values() for leaf in src.leaves()}
-    missing = sorted(n for n in expected if n not in keys)
-    if missing:
-        more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
-        raise CheckpointError(f"checkpoint {path} is missing tensor(s) {missing[:5]}{more} that the config requires")
-    ignorable = {"lm_head.weight"} if cfg.tied else set()
-    unknown = sorted(k for k in keys - expected.keys() - ignorable if not any(p.match(k) for p in _IGNORED_KEYS))
-    if unknown:
-        more = f" (and {len(unknown) - 5} more)" if len(unknown) > 5 else ""
-        raise CheckpointError(
-            f"checkpoint {path} has unknown tensor(s) {unknown[:5]}{more}: they match no "
-            f"parameter of a {cfg.family} model with this config.json"
-        )
-    for name, shape in expected.items():
-        found = reader.shape(name)
-        if found != shape:
-            raise CheckpointError(
-                f"tensor {name!r} in {path} has shape {found}, but config.json implies {shape}: "
-                f"the weights and config.json do not belong together"
-            )
-
+def _load(
+    cfg: ModelConfig,
+    reader: CheckpointReader,
+    name_map: dict[str, Any],
+    *,
+    dtype: torch.dtype,
+    device: torch.device | str,
+    tp: TPGroup,
+) -> Transformer:
     model = meta_model(cfg, tp)
     model.to_empty(device=device)
-    model = model.to(dtype or _dtype_from_config(hf_config))
+    model = model.to(dtype)
     plan = sharding_plan(model)
     if set(plan) != set(name_map):
         raise RuntimeError(f"internal: name map and model disagree on {sorted(set(plan) ^ set(name_map))}")
@@ -387,7 +559,7 @@ def save_pretrained(model: Transformer, path: str | os.PathLike[str]) -> None:
         for name, full in state.items():
             for hf_name, tensor in name_map[name].split(full).items():
                 tensors[hf_name] = tensor.detach().cpu().clone(memory_format=torch.contiguous_format)
-        dtype = str(next(iter(state.values())).dtype).removeprefix("torch.")
+        dtype = dtype_name(next(iter(state.values())).dtype)
         save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
         (path / "config.json").write_text(json.dumps(cfg.to_hf(dtype=dtype), indent=2, sort_keys=True) + "\n")
     if model.tp.world_size > 1:

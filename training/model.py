@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -76,6 +77,21 @@ class KVCache:
         self.seq_len = 0
 
 
+class AttentionCache(Protocol):
+    """A cache that keeps keys/values in its own layout and computes attention over them (the
+    inference engine's paged cache, where one forward packs many sequences into B=1).
+
+    ``Attention`` hands it each layer's new q, k, v after rotary embeddings; ``attend`` stores k
+    and v and returns the attention output. ``Transformer.forward`` then builds no mask of its
+    own and needs explicit ``positions``.
+    """
+
+    def attend(self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """q (B, n_head/tp, T, head_dim), k and v (B, n_kv_head/tp, T, head_dim) ->
+        (B, n_head/tp, T, head_dim)."""
+        ...
+
+
 # --------------------------------------------------------------------------------------------
 # Building blocks
 # --------------------------------------------------------------------------------------------
@@ -137,7 +153,7 @@ class Attention(nn.Module):
         x: torch.Tensor,
         rope: tuple[torch.Tensor, torch.Tensor] | None,
         mask: torch.Tensor | None,
-        cache: KVCache | None,
+        cache: KVCache | AttentionCache | None,
     ) -> torch.Tensor:
         B, T, _ = x.shape
         qkv = self.qkv(x)  # (B, T, (n_head + 2 n_kv_head)/tp * head_dim)
@@ -151,6 +167,9 @@ class Attention(nn.Module):
             cos, sin = rope
             q = q * cos + rotate_half(q) * sin
             k = k * cos + rotate_half(k) * sin
+        if cache is not None and not isinstance(cache, KVCache):
+            y = cache.attend(self.layer_idx, q, k, v)  # (B, n_head/tp, T, head_dim)
+            return self.out(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
         if cache is not None:
             start = cache.seq_len
             cache.keys[self.layer_idx][:B, :, start : start + T] = k
@@ -176,7 +195,8 @@ class OPTMLP(nn.Module):
         self.fc2 = RowParallelLinear(config.ffn_dim, config.n_embd, bias=True, tp=tp)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.relu(self.fc1(x)))
+        # In place: fc1's output is not needed again (relu's backward keeps its own output).
+        return self.fc2(F.relu(self.fc1(x), inplace=True))
 
 
 class SwiGLU(nn.Module):
@@ -284,7 +304,7 @@ class Block(nn.Module):
         x: torch.Tensor,
         rope: tuple[torch.Tensor, torch.Tensor] | None,
         mask: torch.Tensor | None,
-        cache: KVCache | None,
+        cache: KVCache | AttentionCache | None,
         token_mask: torch.Tensor | None,
         stats: list[RouterStats],
     ) -> torch.Tensor:
@@ -310,7 +330,7 @@ class Transformer(nn.Module):
         tp = TPGroup.resolve(group)
         config.check_tp(tp.world_size)
         self.config, self.tp = config, tp
-        self.embed = VocabParallelEmbedding(config.padded_vocab_size, config.embed_dim, tp=tp)
+        self.embed = VocabParallelEmbedding(config.padded_vocab_size, config.embed_dim, tp=tp, tied_to_head=config.tied)
         if config.family == "opt":
             # OPT's learned positions keep 2 extra rows: ids are offset by 2 (a metaseq quirk).
             self.pos_embed = nn.Embedding(config.max_seq_len + 2, config.n_embd)
@@ -349,22 +369,30 @@ class Transformer(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
-        kv_cache: KVCache | None = None,
+        kv_cache: KVCache | AttentionCache | None = None,
         return_aux_loss: bool = False,
+        logits_at: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
         """input_ids (B, T); attention_mask (B, S) with 1 for real tokens and 0 for padding, covering
         cached tokens too (S = kv_cache.seq_len + T); positions (B, T) override the default ids.
 
         With ``return_aux_loss`` also returns the load-balancing loss (unscaled; multiply by
         ``config.router_aux_loss_coef``), or None for a dense model.
+
+        ``kv_cache`` may also be an ``AttentionCache`` (which needs ``positions``). ``logits_at``
+        (R,) picks the tokens along T whose logits are computed, giving (B, R, vocab_size): a
+        server needs only each sequence's last token, and the head is the costliest matmul.
         """
         cfg = self.config
         B, T = input_ids.shape
-        start = kv_cache.seq_len if kv_cache is not None else 0
+        dense_cache = kv_cache if isinstance(kv_cache, KVCache) else None
+        if kv_cache is not None and dense_cache is None and positions is None:
+            raise ValueError("an AttentionCache needs explicit positions (B, T)")
+        start = dense_cache.seq_len if dense_cache is not None else 0
         S = start + T
-        if kv_cache is not None and (B > kv_cache.max_batch or S > kv_cache.max_seq_len):
+        if dense_cache is not None and (B > dense_cache.max_batch or S > dense_cache.max_seq_len):
             raise ValueError(
-                f"kv_cache holds {kv_cache.max_batch} x {kv_cache.max_seq_len} tokens; "
+                f"kv_cache holds {dense_cache.max_batch} x {dense_cache.max_seq_len} tokens; "
                 f"batch {B} with {S} tokens does not fit: allocate a larger cache"
             )
         if attention_mask is not None and attention_mask.shape != (B, S):
@@ -398,17 +426,19 @@ class Transformer(nn.Module):
         stats: list[RouterStats] = []
         for block in self.layers:
             x = block(x, rope, mask, kv_cache, token_mask, stats)
-        if kv_cache is not None:
-            kv_cache.seq_len = S
+        if dense_cache is not None:
+            dense_cache.seq_len = S
+        if logits_at is not None:
+            x = x[:, logits_at]  # (B, R, H)
         if self.final_norm is not None:
             x = self.final_norm(x)
         if cfg.word_embed_proj_dim is not None:
             x = self.project_out(x)  # (B, T, embed_dim)
+        # Padding rows of the vocabulary dropped: (B, T, V).
         if self.lm_head is None:
-            logits = vocab_parallel_logits(x, self.embed.weight, self.tp)  # (B, T, V_pad)
+            logits = vocab_parallel_logits(x, self.embed.weight, self.tp, cfg.vocab_size)
         else:
-            logits = self.lm_head(x)  # (B, T, V_pad)
-        logits = logits[..., : cfg.vocab_size]  # drop padding rows: (B, T, V)
+            logits = self.lm_head(x, cfg.vocab_size)
         if not return_aux_loss:
             return logits
         return logits, load_balancing_loss(stats, cfg.n_expert)
@@ -430,13 +460,13 @@ def _no_default_init() -> Iterator[None]:
     """Skip torch.nn's default initialisers while building on the meta device: they do nothing
     useful there, and on meta ``normal_`` pulls in torch's compiler stack (seconds per build)."""
     classes = (nn.Linear, nn.Embedding, nn.LayerNorm)
-    saved = [cls.reset_parameters for cls in classes]
+    saved = [(cls, cls.reset_parameters) for cls in classes]
     try:
         for cls in classes:
             cls.reset_parameters = lambda self: None  # type: ignore[method-assign]
         yield
     finally:
-        for cls, method in zip(classes, saved, strict=True):
+        for cls, method in saved:
             cls.reset_parameters = method  # type: ignore[method-assign]
 
 
@@ -461,4 +491,4 @@ def build_model(
     return model.to(dtype)
 
 
-__all__ = ["KVCache", "Transformer", "build_model", "load_balancing_loss", "meta_model"]
+__all__ = ["AttentionCache", "KVCache", "Transformer", "build_model", "load_balancing_loss", "meta_model"]

@@ -198,7 +198,8 @@ def merge_shards(parts: list[torch.Tensor] | tuple[torch.Tensor, ...], spec: Sha
         raise ValueError(
             f"shards of size {parts[0].shape[dim]} x {world} do not match fused blocks {blocks} along dim {dim}"
         )
-    merged, offset = [], 0
+    merged: list[torch.Tensor] = []
+    offset = 0
     for block in blocks:
         size = block // world
         merged.extend(part.narrow(dim, offset, size) for part in parts)
@@ -272,6 +273,8 @@ class RowParallelLinear(nn.Module):
         return specs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.tp.world_size == 1:
+            return F.linear(x, self.weight, self.bias)  # one addmm instead of a matmul and an add
         y = reduce_from_tp(F.linear(x, self.weight), self.tp)
         return y if self.bias is None else y + self.bias
 
@@ -280,22 +283,27 @@ class VocabParallelEmbedding(nn.Module):
     """Rows [rank*V/tp, (rank+1)*V/tp) of the (padded) vocabulary live on each rank; ids outside a
     rank's range contribute zeros and the all-reduce fills them in from their owner."""
 
-    def __init__(self, padded_vocab: int, dim: int, *, tp: TPGroup) -> None:
+    def __init__(self, padded_vocab: int, dim: int, *, tp: TPGroup, tied_to_head: bool = False) -> None:
         super().__init__()
         self.tp = tp
         self.local_vocab = _divide(padded_vocab, tp.world_size, "padded vocabulary")
         self.start = tp.rank * self.local_vocab
         self.weight = nn.Parameter(torch.empty(self.local_vocab, dim))
+        # When the LM head reuses this weight, the head's dense (V, dim) gradient reaches the
+        # weight first; a sparse lookup gradient (only the rows of the B*T ids) is then added
+        # into it in place. A dense one would cost a zero-filled (V, dim) buffer and a (V, dim)
+        # add on every backward. The weight's .grad is dense either way; untied, it stays dense.
+        self.sparse_grad = tied_to_head
 
     def shard_specs(self) -> dict[str, ShardSpec]:
         return {"weight": Shard(0)}
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if self.tp.world_size == 1:
-            return F.embedding(ids, self.weight)
+            return F.embedding(ids, self.weight, sparse=self.sparse_grad)
         local = ids - self.start
         outside = (local < 0) | (local >= self.local_vocab)
-        emb = F.embedding(local.masked_fill(outside, 0), self.weight)  # (B, T, dim)
+        emb = F.embedding(local.masked_fill(outside, 0), self.weight, sparse=self.sparse_grad)  # (B, T, dim)
         emb = emb.masked_fill(outside.unsqueeze(-1), 0.0)
         return reduce_from_tp(emb, self.tp)
 
@@ -311,13 +319,28 @@ class VocabParallelHead(nn.Module):
     def shard_specs(self) -> dict[str, ShardSpec]:
         return {"weight": Shard(0)}
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return vocab_parallel_logits(x, self.weight, self.tp)
+    def forward(self, x: torch.Tensor, vocab_size: int | None = None) -> torch.Tensor:
+        return vocab_parallel_logits(x, self.weight, self.tp, vocab_size)
 
 
-def vocab_parallel_logits(x: torch.Tensor, weight: torch.Tensor, tp: TPGroup) -> torch.Tensor:
+def vocab_parallel_logits(
+    x: torch.Tensor, weight: torch.Tensor, tp: TPGroup, vocab_size: int | None = None
+) -> torch.Tensor:
+    """Logits (B, T, V_pad) gathered on every rank; (B, T, vocab_size) when ``vocab_size`` is
+    given, dropping the padding rows.
+
+    Slices only when there is padding: even a slice that keeps everything records a backward
+    that zero-fills and copies a full-size gradient.
+    """
+    if tp.world_size == 1:
+        if vocab_size is not None and vocab_size < weight.shape[0]:
+            # Skip the padding rows in the matmul itself: the logits come out contiguous, where
+            # slicing them afterwards leaves a strided view that the loss's reshape copies whole.
+            weight = weight[:vocab_size]
+        return F.linear(x, weight)  # (B, T, V)
     local = F.linear(copy_to_tp(x, tp), weight)  # (B, T, V_pad/tp)
-    return gather_from_tp(local, tp)  # (B, T, V_pad)
+    logits = gather_from_tp(local, tp)  # (B, T, V_pad)
+    return logits if vocab_size is None or vocab_size == logits.shape[-1] else logits[..., :vocab_size]
 
 
 def init_normal_(model: nn.Module, std: float = 0.02, seed: int | None = None) -> None:
@@ -327,8 +350,9 @@ def init_normal_(model: nn.Module, std: float = 0.02, seed: int | None = None) -
     tp_world = 1
     rank = 0
     for module in model.modules():
-        if isinstance(getattr(module, "tp", None), TPGroup):
-            tp_world, rank = module.tp.world_size, module.tp.rank
+        group = getattr(module, "tp", None)
+        if isinstance(group, TPGroup):
+            tp_world, rank = group.world_size, group.rank
             break
     plan = sharding_plan(model)
     gen = torch.Generator()

@@ -9,7 +9,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from access import selectors, services
+from access import selectors
 from access.api.common import Pagination, errors, validated
 from access.api.serializers import (
     ApiKeyCreatedSerializer,
@@ -18,6 +18,7 @@ from access.api.serializers import (
     GrantSerializer,
 )
 from access.models import ApiKey, Grant
+from access.services.api_keys import api_key_create, api_key_revoke
 
 
 @extend_schema_view(
@@ -60,7 +61,7 @@ class ApiKeyListCreate(generics.ListCreateAPIView):
 
     def create(self, request: Request, *args: object, **kwargs: object) -> Response:
         data = validated(ApiKeyCreateInputSerializer, request.data)
-        key, raw = services.api_key_create(user=request.user, name=data["name"], expires_at=data.get("expires_at"))
+        key, raw = api_key_create(user=request.user, name=data["name"], expires_at=data.get("expires_at"))
         key.key = raw  # type: ignore[attr-defined]
         return Response(ApiKeyCreatedSerializer(key).data, status=status.HTTP_201_CREATED)
 
@@ -75,6 +76,6 @@ class ApiKeyRevoke(APIView):
     )
     def post(self, request: Request, key_id: int) -> Response:
         key = selectors.access_api_key(actor=request.user, key_id=key_id)
-        services.api_key_revoke(key=key, actor=request.user)
+        api_key_revoke(key=key, actor=request.user)
         key.refresh_from_db()
         return Response(ApiKeySerializer(key).data)

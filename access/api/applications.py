@@ -12,7 +12,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from access import selectors, services
+from access import selectors
 from access.api.common import Pagination, errors, validated
 from access.api.serializers import (
     AnswerInputSerializer,
@@ -22,16 +22,10 @@ from access.api.serializers import (
     MessageSerializer,
 )
 from access.models import Application
+from access.services.applications import ApplicationInput, application_answer, application_submit, application_withdraw
+from access.services.audit import RequestMeta
 
 TAGS = ["applications"]
-
-
-def own_application(request: Request, application_id: int) -> Application:
-    """The caller's own application; anyone else's (a reviewer's included) is a 404 here."""
-    application = selectors.access_application(actor=request.user, application_id=application_id)
-    if application.applicant_id != request.user.pk:
-        raise Http404("No such application.")
-    return application
 
 
 @extend_schema_view(
@@ -71,11 +65,11 @@ class ApplicationListCreate(generics.ListCreateAPIView):
             raise serializers.ValidationError(
                 {"release": ["No listed release has this slug; see /api/v1/releases/ for the slugs."]}
             ) from None
-        application = services.application_submit(
+        application = application_submit(
             applicant=request.user,
             release=release,
-            data=services.ApplicationInput(**data),
-            meta=services.RequestMeta.from_request(request),
+            data=ApplicationInput(**data),
+            meta=RequestMeta.from_request(request),
         )
         return Response(ApplicationSerializer(application).data, status=status.HTTP_201_CREATED)
 
@@ -88,7 +82,8 @@ class ApplicationDetail(APIView):
         responses={200: ApplicationSerializer, **errors(401, 404)},
     )
     def get(self, request: Request, application_id: int) -> Response:
-        return Response(ApplicationSerializer(own_application(request, application_id)).data)
+        application = selectors.access_own_application(actor=request.user, application_id=application_id)
+        return Response(ApplicationSerializer(application).data)
 
 
 class ApplicationMessages(APIView):
@@ -99,7 +94,7 @@ class ApplicationMessages(APIView):
         responses={200: MessageSerializer(many=True), **errors(401, 404)},
     )
     def get(self, request: Request, application_id: int) -> Response:
-        application = own_application(request, application_id)
+        application = selectors.access_own_application(actor=request.user, application_id=application_id)
         # Only the shared thread: internal reviewer notes live elsewhere and never reach applicants.
         messages = application.messages.select_related("author")
         return Response(MessageSerializer(messages, many=True).data)
@@ -114,13 +109,13 @@ class ApplicationAnswer(APIView):
         responses={200: ApplicationSerializer, **errors(400, 401, 404, 409)},
     )
     def post(self, request: Request, application_id: int) -> Response:
-        application = own_application(request, application_id)
+        application = selectors.access_own_application(actor=request.user, application_id=application_id)
         data = validated(AnswerInputSerializer, request.data)
-        application = services.application_answer(
+        application = application_answer(
             application=application,
             applicant=request.user,
             message=data["message"],
-            meta=services.RequestMeta.from_request(request),
+            meta=RequestMeta.from_request(request),
         )
         return Response(ApplicationSerializer(application).data)
 
@@ -134,9 +129,9 @@ class ApplicationWithdraw(APIView):
         responses={200: ApplicationSerializer, **errors(401, 404, 409)},
     )
     def post(self, request: Request, application_id: int) -> Response:
-        application = services.application_withdraw(
-            application=own_application(request, application_id),
+        application = application_withdraw(
+            application=selectors.access_own_application(actor=request.user, application_id=application_id),
             applicant=request.user,
-            meta=services.RequestMeta.from_request(request),
+            meta=RequestMeta.from_request(request),
         )
         return Response(ApplicationSerializer(application).data)

@@ -12,7 +12,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from access import selectors, services
+from access import selectors
 from access.api.common import Pagination, errors, validated
 from access.api.serializers import (
     AccessCheckSerializer,
@@ -23,6 +23,8 @@ from access.api.serializers import (
     ReleaseSerializer,
 )
 from access.models import ModelFamily, Release
+from access.services.audit import RequestMeta
+from access.services.licenses import license_accept
 
 TAGS = ["catalog"]
 
@@ -106,11 +108,11 @@ class ReleaseLicenseAccept(APIView):
     def post(self, request: Request, slug: str) -> Response:
         release = selectors.release_by_slug(slug)
         data = validated(LicenseAcceptInputSerializer, request.data)
-        acceptance = services.license_accept(
+        acceptance = license_accept(
             user=request.user,
             release=release,
             license_version_id=data["license_version_id"],
-            meta=services.RequestMeta.from_request(request),
+            meta=RequestMeta.from_request(request),
         )
         return Response(LicenseAcceptanceSerializer(acceptance).data, status=status.HTTP_201_CREATED)
 

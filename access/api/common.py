@@ -8,6 +8,7 @@ from drf_spectacular.utils import OpenApiResponse
 from rest_framework import pagination, permissions, serializers
 
 from access.api.serializers import ErrorSerializer
+from access.selectors import is_reviewer
 
 
 class Pagination(pagination.PageNumberPagination):
@@ -17,14 +18,13 @@ class Pagination(pagination.PageNumberPagination):
 
 
 class IsReviewer(permissions.BasePermission):
-    """Signed-in reviewers (and superusers). Others get 403; anonymous callers 401."""
+    """Reviewers (`selectors.is_reviewer`). Others get 403; anonymous callers 401."""
 
     message = "Only reviewers can use the review API."
     code = "not_allowed"  # the same code the services' NotAllowed carries
 
     def has_permission(self, request: Any, view: Any) -> bool:
-        user = request.user
-        return bool(user and user.is_authenticated and user.is_reviewer)
+        return is_reviewer(request.user)
 
 
 def errors(*statuses: int) -> dict[int, OpenApiResponse]:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, RequestDataTooBig
 from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import set_rollback
 
+from access.api.parsers import too_large
 from access.errors import AccessError, InvalidInput
 
 NON_FIELD = "non_field_errors"
@@ -75,6 +76,8 @@ def handler(exc: Exception, context: dict[str, Any]) -> Response | None:
         return Response({"code": "not_found", "detail": message}, status=status.HTTP_404_NOT_FOUND)
     if isinstance(exc, PermissionDenied):
         exc = exceptions.PermissionDenied(*exc.args)
+    if isinstance(exc, RequestDataTooBig):
+        exc = too_large()
     if not isinstance(exc, exceptions.APIException):
         return None
 

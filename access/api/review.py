@@ -11,7 +11,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from access import selectors, services
+from access import selectors
 from access.api.common import IsReviewer, Pagination, errors, validated
 from access.api.serializers import (
     ApproveInputSerializer,
@@ -26,8 +26,18 @@ from access.api.serializers import (
     RejectInputSerializer,
     RequestInfoInputSerializer,
     ReviewApplicationSerializer,
+    StartReviewInputSerializer,
 )
 from access.models import Application
+from access.services.audit import RequestMeta
+from access.services.reviews import (
+    application_add_note,
+    application_approve,
+    application_reject,
+    application_request_info,
+    application_start_review,
+    applications_bulk_decide,
+)
 
 TAGS = ["review"]
 
@@ -88,14 +98,17 @@ class ReviewStart(ReviewView):
         tags=TAGS,
         operation_id="review_applications_start_review",
         summary="Take a submitted application",
-        request=None,
-        responses={200: ReviewApplicationSerializer, **errors(401, 403, 404, 409)},
+        request=StartReviewInputSerializer,
+        responses={200: ReviewApplicationSerializer, **errors(400, 401, 403, 404, 409)},
     )
     def post(self, request: Request, application_id: int) -> Response:
-        application = services.application_start_review(
-            application=self.application(application_id),
+        application = self.application(application_id)
+        data = validated(StartReviewInputSerializer, request.data)
+        application = application_start_review(
+            application=application,
             reviewer=request.user,
-            meta=services.RequestMeta.from_request(request),
+            meta=RequestMeta.from_request(request),
+            expected_version=data.get("expected_version"),
         )
         return Response(review_data(application))
 
@@ -116,10 +129,10 @@ class ReviewApprove(ReviewView):
     def post(self, request: Request, application_id: int) -> Response:
         application = self.application(application_id)
         data = validated(ApproveInputSerializer, request.data)
-        grant = services.application_approve(
+        grant = application_approve(
             application=application,
             reviewer=request.user,
-            meta=services.RequestMeta.from_request(request),
+            meta=RequestMeta.from_request(request),
             expires_at=data.get("expires_at"),
             expected_version=data.get("expected_version"),
         )
@@ -138,11 +151,11 @@ class ReviewReject(ReviewView):
     def post(self, request: Request, application_id: int) -> Response:
         application = self.application(application_id)
         data = validated(RejectInputSerializer, request.data)
-        application = services.application_reject(
+        application = application_reject(
             application=application,
             reviewer=request.user,
             reason=data["reason"],
-            meta=services.RequestMeta.from_request(request),
+            meta=RequestMeta.from_request(request),
             expected_version=data.get("expected_version"),
         )
         return Response(review_data(application))
@@ -159,11 +172,11 @@ class ReviewRequestInfo(ReviewView):
     def post(self, request: Request, application_id: int) -> Response:
         application = self.application(application_id)
         data = validated(RequestInfoInputSerializer, request.data)
-        application = services.application_request_info(
+        application = application_request_info(
             application=application,
             reviewer=request.user,
             message=data["message"],
-            meta=services.RequestMeta.from_request(request),
+            meta=RequestMeta.from_request(request),
             expected_version=data.get("expected_version"),
         )
         return Response(review_data(application))
@@ -180,11 +193,11 @@ class ReviewNotes(ReviewView):
     def post(self, request: Request, application_id: int) -> Response:
         application = self.application(application_id)
         data = validated(NoteInputSerializer, request.data)
-        note = services.application_add_note(
+        note = application_add_note(
             application=application,
             reviewer=request.user,
             body=data["body"],
-            meta=services.RequestMeta.from_request(request),
+            meta=RequestMeta.from_request(request),
         )
         return Response(NoteSerializer(note).data, status=status.HTTP_201_CREATED)
 
@@ -199,12 +212,12 @@ class ReviewBulk(ReviewView):
     )
     def post(self, request: Request) -> Response:
         data = validated(BulkInputSerializer, request.data)
-        result = services.applications_bulk_decide(
+        result = applications_bulk_decide(
             application_ids=list(dict.fromkeys(data["ids"])),
             reviewer=request.user,
             decision=data["decision"],
             reason=data["reason"],
-            meta=services.RequestMeta.from_request(request),
+            meta=RequestMeta.from_request(request),
         )
         payload = {"decided": result.decided, "conflicts": {str(pk): why for pk, why in result.conflicts.items()}}
         return Response(BulkResultSerializer(payload).data)

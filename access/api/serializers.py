@@ -8,9 +8,22 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.validators import MaxValueValidator, MinValueValidator
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from access.limits import (
+    FILTER_DATE_ERROR,
+    MAX_FILTER_DATE,
+    MAX_ID,
+    MAX_NAME,
+    MAX_PUBLICATION,
+    MAX_PUBLICATIONS,
+    MAX_SEARCH,
+    MAX_TEXT,
+    MAX_VERSION,
+    MIN_FILTER_DATE,
+)
 from access.models import (
     AccessTier,
     ApiKey,
@@ -27,16 +40,21 @@ from access.models import (
     Release,
     ReviewerNote,
 )
-from access.services import MAX_PUBLICATIONS
-
-# Row ids are 64-bit; versions are 32-bit columns. Anything larger is a client error, not an overflow.
-MAX_ID = 2**63 - 1
-MAX_VERSION = 2**31 - 1
-MAX_TEXT = 20_000
 
 
 def id_field(**kwargs: Any) -> serializers.IntegerField:
     return serializers.IntegerField(min_value=1, max_value=MAX_ID, **kwargs)
+
+
+def filter_date_field(**kwargs: Any) -> serializers.DateField:
+    """A date to filter by, bounded so that computing the day after it cannot overflow."""
+    return serializers.DateField(
+        validators=[
+            MinValueValidator(MIN_FILTER_DATE, FILTER_DATE_ERROR),
+            MaxValueValidator(MAX_FILTER_DATE, FILTER_DATE_ERROR),
+        ],
+        **kwargs,
+    )
 
 
 def inline_choice(choices: list[tuple[str, str]] | list[str], **kwargs: Any) -> serializers.ChoiceField:
@@ -237,18 +255,18 @@ class AccessCheckSerializer(serializers.Serializer):
 
 
 class ApplicationCreateSerializer(serializers.Serializer):
-    """Mirrors services.ApplicationInput, plus the release to apply for."""
+    """Mirrors services.applications.ApplicationInput, plus the release to apply for."""
 
     release = serializers.SlugField(max_length=50, help_text="Slug of a gated release, e.g. opt-175b.")
-    full_name = serializers.CharField(max_length=200)
-    affiliation = serializers.CharField(max_length=200)
+    full_name = serializers.CharField(max_length=MAX_NAME)
+    affiliation = serializers.CharField(max_length=MAX_NAME)
     organization_type = serializers.ChoiceField(choices=OrganizationType.choices)
-    role = serializers.CharField(max_length=200)
+    role = serializers.CharField(max_length=MAX_NAME)
     country = serializers.CharField(max_length=2, help_text="ISO 3166-1 alpha-2 code such as DE or US.")
     research_purpose = serializers.CharField(max_length=MAX_TEXT)
     intended_use = serializers.CharField(max_length=MAX_TEXT)
     publications = serializers.ListField(
-        child=serializers.CharField(max_length=500),
+        child=serializers.CharField(max_length=MAX_PUBLICATION),
         max_length=MAX_PUBLICATIONS,
         required=False,
         default=list,
@@ -329,10 +347,10 @@ class QueueQuerySerializer(serializers.Serializer):
     release = serializers.SlugField(max_length=50, required=False)
     organization_type = serializers.ChoiceField(choices=OrganizationType.choices, required=False)
     country = serializers.CharField(max_length=2, required=False, help_text="ISO 3166-1 alpha-2 code.")
-    submitted_from = serializers.DateField(required=False)
-    submitted_to = serializers.DateField(required=False)
+    submitted_from = filter_date_field(required=False)
+    submitted_to = filter_date_field(required=False)
     search = serializers.CharField(
-        max_length=200, required=False, allow_blank=True, help_text="Matches name, email or affiliation."
+        max_length=MAX_SEARCH, required=False, allow_blank=True, help_text="Matches name, email or affiliation."
     )
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
@@ -428,6 +446,16 @@ class ReviewApplicationSerializer(ApplicationSerializer):
     @extend_schema_field(SignalSerializer(many=True))
     def get_signals(self, application: Application) -> list[dict[str, Any]]:
         return SignalSerializer(self.context.get("signals", []), many=True).data
+
+
+class StartReviewInputSerializer(serializers.Serializer):
+    expected_version = serializers.IntegerField(
+        min_value=1,
+        max_value=MAX_VERSION,
+        required=False,
+        allow_null=True,
+        help_text="The application `version` you saw; a newer version answers 409.",
+    )
 
 
 class ApproveInputSerializer(serializers.Serializer):

@@ -17,7 +17,6 @@ class ApplicationStatus(models.TextChoices):
 # Statuses in which a reviewer may decide, and in which the application counts as open.
 PENDING_STATUSES = (ApplicationStatus.SUBMITTED, ApplicationStatus.IN_REVIEW)
 OPEN_STATUSES = (*PENDING_STATUSES, ApplicationStatus.NEEDS_INFO)
-FINAL_STATUSES = (ApplicationStatus.APPROVED, ApplicationStatus.REJECTED, ApplicationStatus.WITHDRAWN)
 
 
 class OrganizationType(models.TextChoices):
@@ -88,10 +87,6 @@ class Application(models.Model):
     @property
     def is_open(self) -> bool:
         return self.status in OPEN_STATUSES
-
-    @property
-    def is_pending(self) -> bool:
-        return self.status in PENDING_STATUSES
 
 
 class ApplicationMessage(models.Model):

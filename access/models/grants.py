@@ -32,12 +32,17 @@ class Grant(models.Model):
     )
     revoke_reason = models.TextField(blank=True)
     expiry_reminder_sent_at = models.DateTimeField(null=True, blank=True)
+    # An expired grant stays "active" (expiry is derived); when a later approval issues a new grant for
+    # the same user and release, the old one is kept as history and marked superseded.
+    superseded_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-starts_at", "pk"]
         constraints = [
             models.UniqueConstraint(
-                fields=["user", "release"], condition=Q(status="active"), name="one_active_grant_per_user_release"
+                fields=["user", "release"],
+                condition=Q(status="active", superseded_at__isnull=True),
+                name="one_current_grant_per_user_release",
             ),
             models.CheckConstraint(condition=Q(expires_at__gt=models.F("starts_at")), name="grant_expires_after_start"),
         ]

@@ -7,7 +7,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib import messages
-from django.contrib.auth import authenticate, login, logout
+from django.contrib.auth import login, logout
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.core.cache import cache
@@ -15,12 +15,15 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse, reverse_lazy
 from django.utils import timezone
-from django.utils.http import url_has_allowed_host_and_scheme
+from django.utils.http import url_has_allowed_host_and_scheme, urlencode
 from django.views.decorators.http import require_http_methods, require_POST
 
-from access import selectors, services, throttle
+from access import selectors, throttle
 from access.errors import InvalidInput
 from access.forms import ApiKeyForm, LoginForm, ProfileForm, SignupForm, apply_service_error
+from access.services import api_keys as api_key_services
+from access.services.accounts import user_register, user_send_verification, user_update_profile, user_verify_email
+from access.services.audit import RequestMeta
 
 _MODEL_BACKEND = "django.contrib.auth.backends.ModelBackend"
 RESEND_COOLDOWN_SECONDS = 60
@@ -33,6 +36,14 @@ def _safe_next(request: HttpRequest, default: str) -> str:
     ):
         return target
     return default
+
+
+def _local_next(request: HttpRequest) -> str:
+    """The `next` path when it stays on this site (a path, not a URL), else ""; it goes into emails."""
+    target = request.POST.get("next") or request.GET.get("next") or ""
+    if target.startswith("/") and url_has_allowed_host_and_scheme(target, allowed_hosts=set()):
+        return target
+    return ""
 
 
 # --- Sign-up and verification -----------------------------------------------------------------
@@ -48,12 +59,13 @@ def signup(request: HttpRequest) -> HttpResponse:
         if form.is_valid():
             data = form.cleaned_data
             try:
-                user = services.user_register(
+                user = user_register(
                     email=data["email"],
                     password=data["password"],
                     full_name=data["full_name"],
                     affiliation=data["affiliation"],
-                    meta=services.RequestMeta.from_request(request),
+                    meta=RequestMeta.from_request(request),
+                    next_path=_local_next(request),
                 )
             except InvalidInput as exc:
                 apply_service_error(form, exc)
@@ -75,13 +87,15 @@ def signup(request: HttpRequest) -> HttpResponse:
 def verify_email(request: HttpRequest, token: str) -> HttpResponse:
     # A GET is safe here: the signed token is the secret, and verifying twice changes nothing.
     try:
-        user = services.user_verify_email(token=token, meta=services.RequestMeta.from_request(request))
+        user = user_verify_email(token=token, meta=RequestMeta.from_request(request))
     except InvalidInput as exc:
         return render(request, "access/accounts/verify_failed.html", {"message": exc.message}, status=400)
     messages.success(request, f"Thank you: {user.email} is verified.")
+    # Back to the page the user signed up from (e.g. the application they started), else the profile.
+    target = _local_next(request) or reverse("profile")
     if request.user.is_authenticated:
-        return redirect("profile")
-    return redirect(f"{reverse('login')}?next={reverse('profile')}")
+        return redirect(target)
+    return redirect(f"{reverse('login')}?{urlencode({'next': target})}")
 
 
 @login_required
@@ -93,7 +107,7 @@ def verify_resend(request: HttpRequest) -> HttpResponse:
     elif not cache.add(f"verify-resend:{user.pk}", 1, timeout=RESEND_COOLDOWN_SECONDS):
         messages.warning(request, "We just sent you a link. Wait a minute before asking for another one.")
     else:
-        services.user_send_verification(user=user)
+        user_send_verification(user=user, next_path=_local_next(request))
         messages.success(request, f"We sent a new confirmation link to {user.email}.")
     return redirect(_safe_next(request, reverse("profile")))
 
@@ -109,19 +123,15 @@ def login_view(request: HttpRequest) -> HttpResponse:
         return render(request, "access/accounts/login.html", context)
     if not form.is_valid():
         return render(request, "access/accounts/login.html", context, status=400)
-    email = form.cleaned_data["email"].strip().lower()
-    ip = services.RequestMeta.from_request(request).ip
-    locked = throttle.lockout(email=email, ip=ip)
+    user, locked = throttle.authenticate_throttled(
+        request, email=form.cleaned_data["email"], password=form.cleaned_data["password"]
+    )
+    if user is not None:
+        login(request, user)
+        return redirect(_safe_next(request, reverse(settings.LOGIN_REDIRECT_URL)))
     if locked is None:
-        user = authenticate(request, username=email, password=form.cleaned_data["password"])
-        if user is not None:
-            throttle.reset(email=email)
-            login(request, user)
-            return redirect(_safe_next(request, reverse(settings.LOGIN_REDIRECT_URL)))
-        locked = throttle.record_failure(email=email, ip=ip)
-        if locked is None:
-            form.add_error(None, "The email or password is incorrect. Check both, or reset your password.")
-            return render(request, "access/accounts/login.html", context, status=400)
+        form.add_error(None, "The email or password is incorrect. Check both, or reset your password.")
+        return render(request, "access/accounts/login.html", context, status=400)
     form.add_error(None, locked.message)
     response = render(request, "access/accounts/login.html", {**context, "locked": locked}, status=429)
     response["Retry-After"] = str(locked.retry_after_seconds)
@@ -161,7 +171,7 @@ class PasswordResetConfirmView(auth_views.PasswordResetConfirmView):
     def form_valid(self, form: Any) -> HttpResponse:
         response = super().form_valid(form)
         # A new password ends a lockout: the lockout message tells people to do exactly this.
-        throttle.reset(email=form.user.email)
+        throttle.reset_account(email=form.user.email)
         return response
 
 
@@ -181,11 +191,11 @@ def profile(request: HttpRequest) -> HttpResponse:
     form = ProfileForm(request.POST or None, initial=initial)
     if request.method == "POST":
         if form.is_valid():
-            services.user_update_profile(
+            user_update_profile(
                 user=user,
                 full_name=form.cleaned_data["full_name"],
                 affiliation=form.cleaned_data["affiliation"],
-                meta=services.RequestMeta.from_request(request),
+                meta=RequestMeta.from_request(request),
             )
             messages.success(request, "Your profile is saved.")
             return redirect("profile")
@@ -208,7 +218,7 @@ def api_keys(request: HttpRequest) -> HttpResponse:
         if form.is_valid():
             expires_on = form.cleaned_data["expires_at"]
             try:
-                key, raw = services.api_key_create(
+                key, raw = api_key_services.api_key_create(
                     user=request.user,
                     name=form.cleaned_data["name"],
                     expires_at=_end_of_day(expires_on) if expires_on else None,
@@ -228,6 +238,6 @@ def api_keys(request: HttpRequest) -> HttpResponse:
 def api_key_revoke(request: HttpRequest, key_id: int) -> HttpResponse:
     # Scoped to the signed-in user's own keys: anyone else's key id is a 404.
     key = selectors.access_api_key(actor=request.user, key_id=key_id)
-    services.api_key_revoke(key=key, actor=request.user)
+    api_key_services.api_key_revoke(key=key, actor=request.user)
     messages.success(request, f"API key “{key.name}” ({key.key_prefix}…) is revoked; it no longer works.")
     return redirect("api-keys")

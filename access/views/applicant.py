@@ -5,23 +5,24 @@ Reviewer notes are never read here: the thread is `ApplicationMessage` only.
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
-from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
-from django.utils import timezone
 from django.views.decorators.http import require_http_methods, require_POST
 
-from access import selectors, services
+from access import selectors
 from access.errors import AccessError, InvalidInput
 from access.forms import AnswerForm, RenewalForm, WithdrawForm, apply_service_error
-from access.models import Application, ApplicationStatus, Grant, GrantStatus
-from access.models.applications import OPEN_STATUSES, PENDING_STATUSES
+from access.models import Application, ApplicationStatus
+from access.models.applications import OPEN_STATUSES
+from access.services import applications as application_services
+from access.services.audit import RequestMeta
+from access.services.grants import grant_request_renewal
+from access.services.notifications import notifications_mark_read
 
 NOTIFICATIONS_PER_PAGE = 50
 
@@ -50,25 +51,25 @@ def my_applications(request: HttpRequest) -> HttpResponse:
     )
 
 
-def _application_grant(application: Application) -> Grant | None:
-    """The grant an approved application made, or the grant it renewed."""
-    if application.status != ApplicationStatus.APPROVED:
-        return None
-    return application.renewal_of or application.grants.order_by("-expires_at").first()
+def _reapply(application: Application) -> dict[str, Any]:
+    """For a declined application, whether its applicant may apply again: the apply page's and the API's
+    rule (`selectors.apply_blocker`), so a newer application, a later refusal or a current grant counts."""
+    if application.status != ApplicationStatus.REJECTED:
+        return {}
+    blocker = selectors.apply_blocker(user=application.applicant, release=application.release)
+    if blocker is not None and blocker.code == "cooldown":
+        return {"reapply_from": selectors.reapply_from(blocker.application)}
+    return {"reapply_now": blocker is None, "reapply_blocker": blocker}
 
 
 def _detail_context(request: HttpRequest, application: Application, **forms: Any) -> dict[str, Any]:
     is_applicant = application.applicant_id == request.user.pk
-    reapply_from = None
-    if application.status == ApplicationStatus.REJECTED and application.decided_at:
-        reapply_from = application.decided_at + timedelta(days=settings.REAPPLY_COOLDOWN_DAYS)
     return {
         "application": application,
         "is_applicant": is_applicant,
         "explanation": _EXPLANATIONS.get(application.status, ""),
-        "grant": _application_grant(application),
-        "reapply_from": reapply_from,
-        "reapply_now": reapply_from is not None and reapply_from <= timezone.now(),
+        "grant": selectors.application_grant(application),
+        **_reapply(application),
         "thread": application.messages.select_related("author"),
         "is_open": application.status in OPEN_STATUSES,
         "answer_form": forms.get("answer_form") or AnswerForm(),
@@ -88,27 +89,20 @@ def application_detail(request: HttpRequest, application_id: int) -> HttpRespons
     return render(request, "access/applicant/application_detail.html", _detail_context(request, application))
 
 
-def _own_application(request: HttpRequest, application_id: int) -> Application:
-    application = selectors.access_application(actor=request.user, application_id=application_id)
-    if application.applicant_id != request.user.pk:
-        # Reviewers may read the page, but only the applicant answers or withdraws.
-        raise Http404("No such application.")
-    return application
-
-
 @login_required
 @require_POST
 def application_answer(request: HttpRequest, application_id: int) -> HttpResponse:
-    application = _own_application(request, application_id)
+    # Reviewers may read the page, but only the applicant answers or withdraws.
+    application = selectors.access_own_application(actor=request.user, application_id=application_id)
     form = AnswerForm(request.POST)
     status = 400
     if form.is_valid():
         try:
-            services.application_answer(
+            application_services.application_answer(
                 application=application,
                 applicant=request.user,
                 message=form.cleaned_data["message"],
-                meta=services.RequestMeta.from_request(request),
+                meta=RequestMeta.from_request(request),
             )
         except AccessError as exc:
             status = exc.http_status
@@ -128,13 +122,14 @@ def application_answer(request: HttpRequest, application_id: int) -> HttpRespons
 @login_required
 @require_POST
 def application_withdraw(request: HttpRequest, application_id: int) -> HttpResponse:
-    application = _own_application(request, application_id)
+    # Reviewers may read the page, but only the applicant answers or withdraws.
+    application = selectors.access_own_application(actor=request.user, application_id=application_id)
     form = WithdrawForm(request.POST)
     status = 400
     if form.is_valid():
         try:
-            services.application_withdraw(
-                application=application, applicant=request.user, meta=services.RequestMeta.from_request(request)
+            application_services.application_withdraw(
+                application=application, applicant=request.user, meta=RequestMeta.from_request(request)
             )
         except AccessError as exc:
             status = exc.http_status
@@ -151,28 +146,10 @@ def application_withdraw(request: HttpRequest, application_id: int) -> HttpRespo
     )
 
 
-def _renewal_blocker(grant: Grant) -> dict[str, Any] | None:
-    """Why the grant cannot be renewed now, in words; None when it can."""
-    if selectors.grant_renewable(grant):
-        return None
-    now = timezone.now()
-    pending = grant.renewal_applications.filter(status__in=PENDING_STATUSES + (ApplicationStatus.NEEDS_INFO,)).first()
-    if pending is not None:
-        return {"message": f"Your renewal request #{pending.pk} is being reviewed.", "application": pending}
-    if grant.status != GrantStatus.ACTIVE or grant.expires_at <= now:
-        return {"message": "This grant is no longer active: apply again from the model's page instead of renewing."}
-    if grant.application_id is None:
-        return {"message": "This grant was made by an operator; ask them to extend it."}
-    opens = grant.expires_at - timedelta(days=settings.GRANT_RENEWAL_WINDOW_DAYS)
-    return {"message": f"Renewal opens {settings.GRANT_RENEWAL_WINDOW_DAYS} days before expiry, on {opens:%Y-%m-%d}."}
-
-
 @login_required
 @require_http_methods(["GET", "POST"])
 def grant_renew(request: HttpRequest, grant_id: int) -> HttpResponse:
-    grant = selectors.access_grant(actor=request.user, grant_id=grant_id)
-    if grant.user_id != request.user.pk:
-        raise Http404("No such grant.")
+    grant = selectors.access_own_grant(actor=request.user, grant_id=grant_id)
     current = grant.release.license.current_version
     label = f"{grant.release.license.name} version {current.version}" if current else grant.release.license.name
     form = RenewalForm(
@@ -186,10 +163,10 @@ def grant_renew(request: HttpRequest, grant_id: int) -> HttpResponse:
         status = 400
         if form.is_valid():
             try:
-                application = services.grant_request_renewal(
+                application = grant_request_renewal(
                     grant=grant,
                     user=request.user,
-                    meta=services.RequestMeta.from_request(request),
+                    meta=RequestMeta.from_request(request),
                     license_version_id=form.cleaned_data["license_version_id"],
                 )
             except AccessError as exc:
@@ -216,7 +193,7 @@ def grant_renew(request: HttpRequest, grant_id: int) -> HttpResponse:
             "grant": grant,
             "license_version": current,
             "form": form,
-            "blocker": _renewal_blocker(grant),
+            "blocker": selectors.renewal_blocker(grant),
             "service_error": service_error,
         },
         status=status,
@@ -231,7 +208,7 @@ def notifications(request: HttpRequest) -> HttpResponse:
     shown = list(page.object_list)
     unread_ids = {n.pk for n in shown if n.read_at is None}
     if unread_ids:
-        services.notifications_mark_read(user=request.user, ids=sorted(unread_ids))
+        notifications_mark_read(user=request.user, ids=sorted(unread_ids))
     return render(
         request,
         "access/applicant/notifications.html",

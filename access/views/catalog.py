@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
 from itertools import groupby
 from typing import Any
 
@@ -15,11 +14,14 @@ from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_http_methods
 
-from access import selectors, services
+from access import selectors
 from access.errors import AccessError, Conflict
 from access.forms import ApplicationForm, LicenseAcceptForm, apply_service_error
-from access.models import Application, ApplicationStatus, LicenseAcceptance, Release
+from access.models import Application, LicenseAcceptance, Release
 from access.models.applications import OPEN_STATUSES
+from access.services.applications import application_submit
+from access.services.audit import RequestMeta
+from access.services.licenses import license_accept
 
 
 def _license_label(release: Release) -> str:
@@ -38,10 +40,8 @@ def _latest_applications(user: Any) -> dict[int, Application]:
 
 
 def _reapply_from(application: Application | None) -> Any:
-    if application is None or application.status != ApplicationStatus.REJECTED or application.decided_at is None:
-        return None
-    allowed_from = application.decided_at + timedelta(days=settings.REAPPLY_COOLDOWN_DAYS)
-    return allowed_from if allowed_from > timezone.now() else None
+    opens = selectors.reapply_from(application)
+    return opens if opens is not None and opens > timezone.now() else None
 
 
 def _access_state(user: Any, release: Release, latest: Application | None) -> dict[str, Any]:
@@ -154,11 +154,11 @@ def release_license(request: HttpRequest, slug: str) -> HttpResponse:
             status = 403
         elif form.is_valid():
             try:
-                services.license_accept(
+                license_accept(
                     user=request.user,
                     release=release,
                     license_version_id=form.cleaned_data["license_version_id"],
-                    meta=services.RequestMeta.from_request(request),
+                    meta=RequestMeta.from_request(request),
                 )
             except AccessError as exc:
                 status = exc.http_status
@@ -186,28 +186,6 @@ def release_license(request: HttpRequest, slug: str) -> HttpResponse:
     )
 
 
-def _apply_blocker(user: Any, release: Release) -> dict[str, Any] | None:
-    """Why this user cannot apply now, told before they type anything (the service still decides)."""
-    latest = _latest_applications(user).get(release.pk)
-    if latest is not None and latest.status in OPEN_STATUSES:
-        return {"message": f"You already have an open application for {release.name}.", "application": latest}
-    decision = selectors.release_access_check(user=user, release=release)
-    if decision.grant is not None and decision.grant.is_current():
-        return {
-            "message": f"You already have access to {release.name} until {decision.grant.expires_at:%Y-%m-%d}. "
-            "Ask for a renewal from “My access” when it nears expiry.",
-            "application": None,
-        }
-    reapply_from = _reapply_from(latest)
-    if reapply_from is not None:
-        return {
-            "message": f"Your last application for {release.name} was declined; you can apply again from "
-            f"{reapply_from:%Y-%m-%d}.",
-            "application": latest,
-        }
-    return None
-
-
 @login_required
 @require_http_methods(["GET", "POST"])
 def release_apply(request: HttpRequest, slug: str) -> HttpResponse:
@@ -220,7 +198,7 @@ def release_apply(request: HttpRequest, slug: str) -> HttpResponse:
     user = request.user
     current = release.license.current_version
     label = _license_label(release)
-    blocker = _apply_blocker(user, release)
+    blocker = selectors.apply_blocker(user=user, release=release)
     status = 200
     conflict_application = None
     if request.method == "POST":
@@ -228,11 +206,11 @@ def release_apply(request: HttpRequest, slug: str) -> HttpResponse:
         status = 400
         if form.is_valid():
             try:
-                application = services.application_submit(
+                application = application_submit(
                     applicant=user,
                     release=release,
                     data=form.to_input(),
-                    meta=services.RequestMeta.from_request(request),
+                    meta=RequestMeta.from_request(request),
                 )
             except AccessError as exc:
                 status = exc.http_status
@@ -247,7 +225,7 @@ def release_apply(request: HttpRequest, slug: str) -> HttpResponse:
                     form.add_error(None, exc.message)
                 else:
                     apply_service_error(form, exc)
-                    conflict_application = (blocker or {}).get("application")
+                    conflict_application = blocker.application if blocker is not None else None
             else:
                 messages.success(
                     request,

@@ -77,7 +77,10 @@ class ReshardJobSerializer(serializers.ModelSerializer):
         "5 unsafe pickle, 1 internal.",
     )
     # A plain string in the schema: another component already owns the enum name "status".
-    status = serializers.CharField(help_text="queued, running, succeeded or failed.")
+    status = serializers.CharField(help_text="queued, running, succeeded, failed or cancelled.")
+    cancel_requested_at = serializers.DateTimeField(
+        allow_null=True, help_text="When a cancel was asked; a running job stops at its next heartbeat."
+    )
     phase = serializers.CharField(help_text="While running: materialising, converting, verifying or storing.")
     percent = serializers.FloatField(read_only=True)
     output = serializers.PrimaryKeyRelatedField(read_only=True, help_text="The new checkpoint, once succeeded.")
@@ -102,6 +105,7 @@ class ReshardJobSerializer(serializers.ModelSerializer):
             "started_at",
             "heartbeat_at",
             "finished_at",
+            "cancel_requested_at",
             "error",
             "exit_code",
             "output",

@@ -25,4 +25,5 @@ urlpatterns = [
         name="checkpoint-reshard-jobs",
     ),
     path("reshard-jobs/<int:job_id>/", views.ReshardJobDetail.as_view(), name="reshard-job"),
+    path("reshard-jobs/<int:job_id>/cancel/", views.ReshardJobCancel.as_view(), name="reshard-job-cancel"),
 ]

@@ -14,8 +14,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from access.api.common import Pagination, errors, validated
-from access.services import RequestMeta
-from artifacts import reshard_jobs, selectors, services
+from access.services.audit import RequestMeta
+from artifacts import selectors
 from artifacts.api.serializers import (
     CheckpointDetailSerializer,
     CheckpointSerializer,
@@ -24,7 +24,8 @@ from artifacts.api.serializers import (
     ReshardJobSerializer,
 )
 from artifacts.models import Checkpoint
-from artifacts.services import Bundle
+from artifacts.services import links, reshard
+from artifacts.services.links import Bundle
 
 
 class TextRenderer(renderers.BaseRenderer):
@@ -38,7 +39,7 @@ class TextRenderer(renderers.BaseRenderer):
 
 def _bundle(request: Request, checkpoint_id: int, *, record: bool) -> Bundle:
     checkpoint, _ = selectors.access_downloadable_checkpoint(actor=request.user, checkpoint_id=checkpoint_id)
-    return services.links_issue(
+    return links.links_issue(
         user=request.user,
         checkpoint=checkpoint,
         base_url=request.build_absolute_uri("/").rstrip("/"),
@@ -204,13 +205,13 @@ class CheckpointReshardJobs(generics.GenericAPIView):
 
     def get(self, request: Request, checkpoint_id: int) -> Response:
         checkpoint = selectors.access_operator_checkpoint(actor=request.user, checkpoint_id=checkpoint_id)
-        page = self.paginate_queryset(reshard_jobs.checkpoint_reshard_jobs(checkpoint))
+        page = self.paginate_queryset(selectors.checkpoint_reshard_jobs(checkpoint))
         return self.get_paginated_response(ReshardJobSerializer(page, many=True).data)
 
     def post(self, request: Request, checkpoint_id: int) -> Response:
         checkpoint = selectors.access_operator_checkpoint(actor=request.user, checkpoint_id=checkpoint_id)
         data = validated(ReshardJobCreateSerializer, request.data)
-        outcome = reshard_jobs.reshard_job_create(
+        outcome = reshard.reshard_job_create(
             checkpoint=checkpoint,
             to=data["to"],
             tp=data.get("tp"),
@@ -231,4 +232,21 @@ class CheckpointReshardJobs(generics.GenericAPIView):
 )
 class ReshardJobDetail(APIView):
     def get(self, request: Request, job_id: int) -> Response:
-        return Response(ReshardJobSerializer(reshard_jobs.access_reshard_job(actor=request.user, job_id=job_id)).data)
+        return Response(ReshardJobSerializer(selectors.access_reshard_job(actor=request.user, job_id=job_id)).data)
+
+
+@extend_schema_view(
+    post=extend_schema(
+        tags=["reshard"],
+        operation_id="reshard_jobs_cancel",
+        summary="Cancel a reshard job: a queued one at once, a running one at its next heartbeat (it then "
+        "removes what it stored)",
+        request=None,
+        responses={200: ReshardJobSerializer, **errors(401, 403, 404, 409)},
+    )
+)
+class ReshardJobCancel(APIView):
+    def post(self, request: Request, job_id: int) -> Response:
+        job = selectors.access_reshard_job(actor=request.user, job_id=job_id)
+        job = reshard.reshard_job_cancel(job=job, actor=request.user, meta=RequestMeta.from_request(request))
+        return Response(ReshardJobSerializer(job).data)

@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from access import throttle
 from access.models import ApiKey, AuditEvent, User
-from access.services import email_verification_token
+from access.services.accounts import email_verification_token
 from tests import factories
 from tests.conftest import PASSWORD, login
 
@@ -308,7 +308,7 @@ def test_api_key_form_errors_name_the_field(client: Any, applicant: Any) -> None
 
 
 def test_api_key_revoke_and_other_users_key_is_404(client: Any, applicant: Any, other_applicant: Any) -> None:
-    from access.services import api_key_create
+    from access.services.api_keys import api_key_create
 
     mine, _ = api_key_create(user=applicant, name="mine")
     theirs, _ = api_key_create(user=other_applicant, name="theirs")
@@ -324,7 +324,7 @@ def test_api_key_revoke_and_other_users_key_is_404(client: Any, applicant: Any, 
 
 
 def test_api_keys_page_needs_sign_in(client: Any, applicant: Any) -> None:
-    from access.services import api_key_create
+    from access.services.api_keys import api_key_create
 
     key, _ = api_key_create(user=applicant, name="mine")
     assert client.get(reverse("api-keys")).status_code == 302

@@ -21,7 +21,9 @@ from access.models import (
     User,
 )
 from access.selectors import release_access_check
-from access.services import RequestMeta, api_key_create, application_approve
+from access.services.api_keys import api_key_create
+from access.services.audit import RequestMeta
+from access.services.reviews import application_approve
 from tests import factories
 from tests.conftest import login
 
@@ -41,7 +43,7 @@ def _admin_url(model: Any, view: str, *args: Any) -> str:
 def populated(applicant: Any, reviewer: Any, gated_release: Any) -> dict[str, Any]:
     """At least one row of every model, so each change list and change page has something to show."""
     application = factories.make_application(applicant, gated_release)
-    from access.services import application_add_note, application_request_info
+    from access.services.reviews import application_add_note, application_request_info
 
     application_add_note(application=application, reviewer=reviewer, body="Looks fine.", meta=META)
     application_request_info(application=application, reviewer=reviewer, message="Which tasks?", meta=META)

@@ -12,14 +12,10 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from access.models import ApiKey, Application, ApplicationStatus, Grant, LicenseVersion
-from access.services import (
-    RequestMeta,
-    api_key_create,
-    application_add_note,
-    application_approve,
-    application_request_info,
-    grant_revoke,
-)
+from access.services.api_keys import api_key_create
+from access.services.audit import RequestMeta
+from access.services.grants import grant_revoke
+from access.services.reviews import application_add_note, application_approve, application_request_info
 from tests import factories
 
 pytestmark = pytest.mark.django_db

@@ -18,7 +18,9 @@ from rest_framework.test import APIClient
 
 from access.api import urls as api_urls
 from access.models import ApiKey, Application, ApplicationStatus
-from access.services import RequestMeta, api_key_create, application_request_info
+from access.services.api_keys import api_key_create
+from access.services.audit import RequestMeta
+from access.services.reviews import application_request_info
 from tests import factories
 
 pytestmark = pytest.mark.django_db

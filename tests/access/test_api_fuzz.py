@@ -22,7 +22,9 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.errors import FailureGroup
 
 from access.models import ApiKey
-from access.services import RequestMeta, api_key_create, application_approve, application_request_info
+from access.services.api_keys import api_key_create
+from access.services.audit import RequestMeta
+from access.services.reviews import application_approve, application_request_info
 from tests import factories
 
 pytestmark = pytest.mark.django_db

@@ -11,14 +11,14 @@ from django.urls import reverse
 from django.utils import timezone
 
 from access.models import Application, ApplicationStatus, Grant, Notification
-from access.services import (
-    RequestMeta,
+from access.services.audit import RequestMeta
+from access.services.licenses import license_version_publish
+from access.services.reviews import (
     application_add_note,
     application_approve,
     application_reject,
     application_request_info,
     application_start_review,
-    license_version_publish,
 )
 from tests import factories
 from tests.conftest import login

@@ -9,7 +9,9 @@ from django.core import mail
 from django.urls import reverse
 
 from access.models import Application, ApplicationStatus, LicenseAcceptance
-from access.services import RequestMeta, application_reject, license_version_publish
+from access.services.audit import RequestMeta
+from access.services.licenses import license_version_publish
+from access.services.reviews import application_reject
 from tests import factories
 from tests.conftest import login
 

@@ -10,14 +10,10 @@ from django.urls import reverse
 from django.utils import timezone
 
 from access.models import AccessTier, Grant, LicenseAcceptance, Release
-from access.services import (
-    RequestMeta,
-    application_approve,
-    application_reject,
-    grant_revoke,
-    license_accept,
-    license_version_publish,
-)
+from access.services.audit import RequestMeta
+from access.services.grants import grant_revoke
+from access.services.licenses import license_accept, license_version_publish
+from access.services.reviews import application_approve, application_reject
 from tests import factories
 from tests.conftest import login
 

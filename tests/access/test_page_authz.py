@@ -14,7 +14,9 @@ import pytest
 from django.test import Client
 from django.urls import URLPattern, URLResolver, reverse
 
-from access.services import RequestMeta, api_key_create, application_approve
+from access.services.api_keys import api_key_create
+from access.services.audit import RequestMeta
+from access.services.reviews import application_approve
 from tests import factories
 
 PERSONAS = ("anonymous", "applicant", "other_applicant", "reviewer", "admin")

@@ -27,8 +27,9 @@ from access.models import (
     ReviewerNote,
 )
 from access.selectors import release_access_check
-from access.services import RequestMeta, application_approve, application_start_review
-from access.views.review import human_hours, weekly_chart
+from access.services.audit import RequestMeta
+from access.services.reviews import application_approve, application_start_review
+from access.views.review.chart import human_hours, weekly_chart
 from tests import factories
 from tests.conftest import login
 
@@ -745,7 +746,7 @@ def test_application_csv_has_only_its_events(client: Any, reviewer: Any, applica
 
 def test_audit_csv_defuses_spreadsheet_formulas(client: Any, reviewer: Any, gated_release: Any) -> None:
     user = factories.make_user("eve@evil.example")
-    from access.services import application_submit
+    from access.services.applications import application_submit
 
     application_submit(
         applicant=user,

@@ -31,7 +31,10 @@ from access.models import (
     Release,
     User,
 )
-from access.services import RequestMeta, license_accept, rejection_template_render
+from access.selectors import is_reviewer
+from access.services.audit import RequestMeta
+from access.services.licenses import license_accept
+from access.services.reviews import rejection_template_render
 from tests import factories
 
 CATALOG_MODELS = (License, LicenseVersion, ModelFamily, DataCard, Release, ModelCard, RejectionTemplate)
@@ -306,7 +309,7 @@ def test_reviewers_group_has_the_review_permission(seeded: None) -> None:
 
     user.groups.add(Group.objects.get(name="Reviewers"))
     user = User.objects.get(pk=user.pk)  # drop the permission cache
-    assert user.is_reviewer
+    assert is_reviewer(user)
 
 
 # --- seed_demo --------------------------------------------------------------------------------
@@ -317,12 +320,12 @@ def test_seed_demo_creates_the_personas(db: Any) -> None:
     admin = User.objects.get(email="admin@demo.local")
     assert admin.is_superuser and admin.is_staff and admin.check_password("admin-demo-pass")
     reviewer = User.objects.get(email="reviewer@demo.local")
-    assert reviewer.is_reviewer and not reviewer.is_staff and reviewer.check_password("reviewer-demo-pass")
+    assert is_reviewer(reviewer) and not reviewer.is_staff and reviewer.check_password("reviewer-demo-pass")
     researcher = User.objects.get(email="researcher@demo.local")
     assert researcher.email_verified and researcher.affiliation == "University of Example"
-    assert not researcher.is_reviewer and researcher.check_password("researcher-demo-pass")
+    assert not is_reviewer(researcher) and researcher.check_password("researcher-demo-pass")
     second = User.objects.get(email="applicant@demo.local")
-    assert second.email_verified and not second.is_reviewer
+    assert second.email_verified and not is_reviewer(second)
     for email, password in [
         ("admin@demo.local", "admin-demo-pass"),
         ("reviewer@demo.local", "reviewer-demo-pass"),

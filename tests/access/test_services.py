@@ -14,18 +14,16 @@ from django.utils import timezone
 from access.errors import Conflict, InvalidInput, NotAllowed
 from access.models import Application, ApplicationStatus, AuditEvent, Grant, LicenseVersion
 from access.selectors import release_access_check
-from access.services import (
-    RequestMeta,
-    application_answer,
+from access.services.applications import application_answer, application_withdraw
+from access.services.audit import RequestMeta
+from access.services.grants import grant_request_renewal, grant_revoke
+from access.services.licenses import license_accept
+from access.services.reviews import (
     application_approve,
     application_reject,
     application_request_info,
     application_start_review,
-    application_withdraw,
     applications_bulk_decide,
-    grant_request_renewal,
-    grant_revoke,
-    license_accept,
 )
 from tests import factories
 
@@ -266,7 +264,7 @@ def test_postgres_refuses_audit_tampering_in_sql(application: Any) -> None:
 
 def test_expiry_reminder_sent_once(application: Any, reviewer: Any, applicant: Any) -> None:
     from access.models import Notification
-    from access.services import grants_remind_expiring
+    from access.services.grants import grants_remind_expiring
 
     grant = application_approve(application=application, reviewer=reviewer, meta=META)
     assert grants_remind_expiring() == 0
@@ -329,13 +327,14 @@ def test_reviewer_signals(gated_release: Any) -> None:
         factories.make_user("ann@uni-heidelberg.de", full_name="Ann A"),
         gated_release,
         affiliation="Universität Heidelberg",
+        full_name="Ann A",  # both apply from loopback, which matches no one: the name must
     )
     assert application_signals(matching) == []
 
     disposable = factories.make_application(factories.make_user("x@mailinator.com"), gated_release, full_name="Ann A")
     messages = [s.message for s in application_signals(disposable)]
     assert any("disposable" in m for m in messages)
-    assert any(f"#{matching.pk}" in m and "same name or IP" in m for m in messages)
+    assert any(f"#{matching.pk}" in m and "the same name “Ann A”" in m for m in messages)
 
     mismatch = factories.make_application(
         factories.make_user("carl@acme-widgets.com"),
@@ -348,3 +347,27 @@ def test_reviewer_signals(gated_release: Any) -> None:
 
     free = factories.make_application(factories.make_user("dora@gmail.com"), gated_release, full_name="Dora D")
     assert any(s.level == "info" and "free-mail" in s.message for s in application_signals(free))
+
+
+def test_duplicate_signal_names_the_matching_address_and_ignores_loopback(gated_release: Any) -> None:
+    from access.selectors import application_signals
+
+    def apply(email: str, full_name: str, ip: str) -> Any:
+        user = factories.make_user(email, full_name=full_name)
+        application = factories.make_application(user, gated_release, full_name=full_name)
+        Application.objects.filter(pk=application.pk).update(submitted_ip=ip)
+        application.refresh_from_db()
+        return application
+
+    first = apply("dan@uni-heidelberg.de", "Dan D", "203.0.113.5")
+    second = apply("eve@uni-heidelberg.de", "Eve E", "203.0.113.5")
+    messages = [s.message for s in application_signals(second)]
+    assert (
+        f"Possible duplicate: application #{first.pk} from dan@uni-heidelberg.de has the same address 203.0.113.5."
+        in messages
+    )
+    # Everyone on the demo machine or behind a local tool applies from loopback: that matches no one.
+    apply("fay@uni-heidelberg.de", "Fay F", "127.0.0.1")
+    apply("gus@uni-heidelberg.de", "Gus G", "::1")
+    for local in (apply("hal@uni-heidelberg.de", "Hal H", "127.0.0.1"), apply("ida@uni-heidelberg.de", "Ida I", "::1")):
+        assert not [s for s in application_signals(local) if "Possible duplicate" in s.message]

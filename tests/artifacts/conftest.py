@@ -115,20 +115,21 @@ def make_checkpoint(
     checksums: str | None = None,
 ) -> Any:
     """Import through the service and verify in-process; returns the checkpoint (refreshed)."""
-    from artifacts import services
+    from artifacts.services import imports, verification
 
     source = write_tree(tmp_path / f"src-{release.slug}-{variant}", files or HF_FILES)
-    result = services.checkpoint_import(
+    result = imports.checkpoint_import(
         release=release, source_uri=str(source), variant=variant, checksums_text=checksums, enqueue=False
     )
-    job = services.verification_enqueue(checkpoint=result.checkpoint, dispatch=False)
-    services.verification_run(job_id=job.pk, workers=2)
+    job = verification.verification_enqueue(checkpoint=result.checkpoint, dispatch=False)
+    verification.verification_run(job_id=job.pk, workers=2)
     result.checkpoint.refresh_from_db()
     return result.checkpoint
 
 
 def accept_license(user: Any, release: Any) -> None:
-    from access.services import RequestMeta, license_accept
+    from access.services.audit import RequestMeta
+    from access.services.licenses import license_accept
 
     license_accept(
         user=user,
@@ -139,7 +140,8 @@ def accept_license(user: Any, release: Any) -> None:
 
 
 def grant_access(user: Any, release: Any, reviewer: Any) -> Any:
-    from access.services import RequestMeta, application_approve
+    from access.services.audit import RequestMeta
+    from access.services.reviews import application_approve
 
     application = factories.make_application(user, release)
     return application_approve(application=application, reviewer=reviewer, meta=RequestMeta(ip="127.0.0.1"))

@@ -11,10 +11,12 @@ from typing import Any
 from urllib.parse import urlparse
 
 import pytest
+from django.template.defaultfilters import filesizeformat
 from django.urls import reverse
 from django.utils import timezone
 
-from artifacts import services
+from access.services.audit import SYSTEM
+from artifacts.services import links
 from tests import factories
 from tests.artifacts.conftest import HF_FILES, grant_access, make_checkpoint
 
@@ -25,13 +27,13 @@ pytestmark = [
 
 
 def script_for(live_server: Any, user: Any, checkpoint: Any, *, now: Any = None) -> str:
-    bundle = services.links_issue(
+    bundle = links.links_issue(
         user=user,
         checkpoint=checkpoint,
         base_url=live_server.url,
         link_url=lambda token: reverse("download-file", args=[token]),
         renewal_url=reverse("downloads-renew", args=[checkpoint.pk]),
-        meta=services.SYSTEM,
+        meta=SYSTEM,
         now=now,
     )
     return bundle.download_script()
@@ -70,6 +72,14 @@ def test_download_script_fetches_resumes_and_verifies(live_server: Any, setup: A
     for name, data in HF_FILES.items():
         assert (target / name).read_bytes() == data
     assert "model.safetensors: OK" in result.stdout
+    # Progress: what is coming, then a line per file as it starts and ends, numbered and sized.
+    assert "Downloading 3 files (100.1KB) into" in result.stdout
+    paths = sorted(HF_FILES)
+    for number, name in enumerate(paths, start=1):
+        label = f"[{number}/3] {name} ({filesizeformat(len(HF_FILES[name])).replace(chr(160), '')})"
+        assert f"{label}: done" in result.stdout
+    weights = paths.index("model.safetensors") + 1
+    assert f"[{weights}/3] model.safetensors (100.0KB): resuming at byte 5000" in result.stdout
     resumed = checkpoint.files.get(path="model.safetensors").download_events.get()
     assert (resumed.range_start, resumed.status_code) == (5000, 206)
 

@@ -17,10 +17,11 @@ from django.urls import reverse
 from django.utils import timezone
 
 from access.models import AuditEvent
-from access.services import RequestMeta, grant_revoke
+from access.services.audit import RequestMeta
+from access.services.grants import grant_revoke
 from artifacts.models import CheckpointState, DownloadEvent
 from artifacts.signing import sign_link
-from tests.artifacts.conftest import HF_FILES, accept_license, grant_access, make_checkpoint
+from tests.artifacts.conftest import HF_FILES, accept_license, grant_access, make_checkpoint, use_s3
 from tests.conftest import login
 
 pytestmark = pytest.mark.django_db
@@ -178,6 +179,84 @@ def test_bad_range_is_416(backend: str, holder: Any, gated_checkpoint: Any) -> N
     assert not DownloadEvent.objects.exists()
 
 
+HUGE = "9" * 5000  # beyond int64, and beyond the 4300 digits int() accepts
+
+
+@pytest.mark.parametrize(
+    "header, status, start, end",
+    [
+        (f"bytes={HUGE}-", 416, None, None),
+        (f"bytes=1-{HUGE}", 206, 1, len(BLOB) - 1),
+        (f"bytes=-{HUGE}", 206, 0, len(BLOB) - 1),
+        ("bytes=18446744073709551616-18446744073709551617", 416, None, None),
+        (f"bytes=0{'0' * 4400}7-9", 206, 7, 9),  # leading zeros do not make a number huge
+        ("bytes=" + ",".join(["0-1"] * 5000), 416, None, None),
+        ("bytes=-0", 416, None, None),
+        ("bytes=5-3", 416, None, None),
+        ("bytes=", 416, None, None),
+        ("bytes=٣-٥", 416, None, None),  # other scripts' digits are not positions
+        ("bytes=" + "x" * 100_000, 416, None, None),
+        ("x" * 100_000, 200, 0, len(BLOB) - 1),  # not a byte range at all: ignored (RFC 9110 §14.2)
+        ("Bytes=0-9", 206, 0, 9),  # range units are case-insensitive
+        ("BYTES = 10-19", 206, 10, 19),
+    ],
+    ids=lambda value: value[:40] if isinstance(value, str) else value,
+)
+def test_absurd_ranges_are_416_or_ignored_never_500(
+    holder: Any, gated_checkpoint: Any, header: str, status: int, start: Any, end: Any
+) -> None:
+    url = links(holder, gated_checkpoint)["model.safetensors"]
+    response = holder.get(path_of(url), HTTP_RANGE=header, HTTP_ACCEPT="application/json")
+    assert response.status_code == status
+    if status == 416:
+        assert response["Content-Range"] == f"bytes */{len(BLOB)}"
+        assert len(response.json()["detail"]) < 300  # the header is quoted cut short, not echoed whole
+        assert not DownloadEvent.objects.exists()
+        return
+    assert b"".join(response.streaming_content) == BLOB[start : end + 1]
+    if status == 206:
+        assert response["Content-Range"] == f"bytes {start}-{end}/{len(BLOB)}"
+    assert DownloadEvent.objects.get().bytes_served == end - start + 1
+
+
+def test_quota_counts_what_a_request_will_serve(holder: Any, gated_checkpoint: Any, settings: Any) -> None:
+    """Partial plus full downloads cannot exceed the quota: a request is refused when the bytes it
+    asks for would go past it, not only once the quota is already spent."""
+    settings.ARTIFACTS_DOWNLOAD_QUOTA = 2
+    url = links(holder, gated_checkpoint)["model.safetensors"]
+    half = len(BLOB) // 2
+    for start in (0, half, 0):  # one and a half downloads
+        _, body = fetch(holder, url, HTTP_RANGE=f"bytes={start}-{start + half - 1}")
+        assert body == BLOB[start : start + half]
+    body = refused(holder, url, 429, "quota_exhausted")  # a whole file would make two and a half
+    assert f"{2 * len(BLOB) - 3 * half} bytes" in body["detail"]  # says what is left
+    assert DownloadEvent.objects.count() == 3
+    # What is left can still be fetched, a range at a time; then nothing more.
+    assert fetch(holder, url, HTTP_RANGE=f"bytes={half}-")[1] == BLOB[half:]
+    refused(holder, url, 429, "quota_exhausted", HTTP_RANGE="bytes=0-0")
+    served = sum(DownloadEvent.objects.values_list("bytes_served", flat=True))
+    assert served == 2 * len(BLOB)
+
+
+def test_a_signed_link_has_one_spelling(holder: Any, gated_checkpoint: Any) -> None:
+    url = links(holder, gated_checkpoint)["model.safetensors"]
+    token = path_of(url).removeprefix("/d/")
+    fields = token.split(".")
+    arabic_indic = str.maketrans("0123456789", "٠١٢٣٤٥٦٧٨٩")
+    variants = [
+        *(".".join(fields[:i] + ["0" + fields[i]] + fields[i + 1 :]) for i in range(4)),  # leading zeros
+        ".".join([fields[0].translate(arabic_indic)] + fields[1:]),  # the same numbers in other digits
+        ".".join(fields[:4] + [fields[4].upper()]),
+        token + "%0A",  # a trailing newline
+        token + ".",
+        token + ".0",
+    ]
+    for variant in variants:
+        refused(holder, f"/d/{variant}", 403, "link_invalid")
+    assert not DownloadEvent.objects.exists()
+    assert fetch(holder, url)[1] == BLOB
+
+
 def test_wrong_user(
     backend: str, client: Any, applicant: Any, other_applicant: Any, gated_checkpoint: Any, holder_grant: Any
 ) -> None:
@@ -281,6 +360,33 @@ def test_x_accel_redirect_hands_the_transfer_to_nginx(holder: Any, gated_checkpo
     assert response.status_code == 200 and response.content == b""
     assert response["X-Accel-Redirect"] == f"/_protected/{gated_checkpoint.storage_prefix}/model.safetensors"
     assert DownloadEvent.objects.get().via == "x-accel"
+
+
+def test_nginx_and_s3_are_handed_no_more_than_was_counted(
+    holder: Any, gated_release: Any, tmp_path: Path, settings: Any, moto_endpoint: str
+) -> None:
+    """nginx and S3 read the client's own headers: a HEAD must not hand out a GET URL, a range signed
+    into an S3 URL is all that URL fetches, and a range they may widen (If-Range) counts as the file."""
+    etag = f'"{hashlib.sha256(BLOB).hexdigest()}"'
+    settings.ARTIFACTS_X_ACCEL_PREFIX = "/_protected/"
+    checkpoint = make_checkpoint(gated_release, tmp_path, variant="local")
+    url = links(holder, checkpoint)["model.safetensors"]
+    holder.get(path_of(url), HTTP_RANGE="bytes=0-9", HTTP_IF_RANGE=etag)
+    assert DownloadEvent.objects.get().bytes_served == len(BLOB)
+    DownloadEvent.objects.all().delete()
+
+    settings.ARTIFACTS_X_ACCEL_PREFIX = ""
+    use_s3(settings, moto_endpoint)
+    checkpoint = make_checkpoint(gated_release, tmp_path, variant="s3")
+    url = links(holder, checkpoint)["model.safetensors"]
+    head = holder.head(path_of(url))
+    assert head.status_code == 200 and "Location" not in head and head["Content-Length"] == str(len(BLOB))
+    ranged = holder.get(path_of(url), HTTP_RANGE="bytes=0-9")
+    assert ranged.status_code == 302 and "X-Amz-SignedHeaders=host%3Brange" in ranged["Location"]
+    assert fetch(holder, url, HTTP_RANGE="bytes=0-9")[1] == BLOB[:10]
+    whole = holder.get(path_of(url), HTTP_RANGE="bytes=0-9", HTTP_IF_RANGE=etag)
+    assert whole.status_code == 302 and "range" not in whole["Location"].lower()
+    assert sorted(DownloadEvent.objects.values_list("bytes_served", flat=True)) == [0, 10, 10, len(BLOB)]
 
 
 # --- Bundles ----------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Library tests: checksum lists, format detection, ranges, link signing, hashing. No DB, no network."""
+"""Library tests: checksum lists, ranges, link signing, hashing. No DB, no network.
+(Format detection is reshard's: tests/reshard/test_reshard_formats.py.)"""
 
 from __future__ import annotations
 
@@ -7,13 +8,7 @@ import io
 
 import pytest
 
-from artifacts.checksums import (
-    ChecksumListError,
-    UnknownFormat,
-    detect_format,
-    match_published,
-    parse_published_sums,
-)
+from artifacts.checksums import ChecksumListError, match_published, parse_published_sums
 from artifacts.hashing import hash_files, hash_stream
 from artifacts.http import ByteRange, RangeNotSatisfiable, parse_range
 from artifacts.storage import UnsafeKey, check_relative_path
@@ -60,27 +55,6 @@ def test_published_names_match_by_basename() -> None:
 
 
 @pytest.mark.parametrize(
-    "names, fmt",
-    [
-        (["checkpoint_last-model_part-0-shard0.pt", "checkpoint_last-model_part-1-shard0.pt"], "metaseq-fsdp"),
-        (["reshard-model_part-0.pt", "reshard-model_part-1.pt"], "metaseq"),
-        (["config.json", "model-00001-of-00002.safetensors"], "hf"),
-        (["config.json", "pytorch_model.bin"], "hf"),
-    ],
-)
-def test_detect_format(names: list[str], fmt: str) -> None:
-    assert detect_format(names) == fmt
-
-
-def test_native_needs_the_marker() -> None:
-    names = ["manifest.json", "config.json", "model.safetensors"]
-    assert detect_format(names, read_text=lambda p: '{"openrelease_native": 1}') == "native"
-    assert detect_format(names, read_text=lambda p: "{}") == "hf"
-    with pytest.raises(UnknownFormat, match="--format"):
-        detect_format(["weights.npz"])
-
-
-@pytest.mark.parametrize(
     "header, expected",
     [
         ("bytes=0-9", ByteRange(0, 9)),
@@ -90,13 +64,29 @@ def test_native_needs_the_marker() -> None:
         ("bytes=90-1000", ByteRange(90, 99)),
         (None, None),
         ("items=0-1", None),
+        ("Bytes=0-9", ByteRange(0, 9)),
+        ("bytes=0-" + "9" * 5000, ByteRange(0, 99)),
+        ("bytes=-" + "9" * 5000, ByteRange(0, 99)),
+        ("bytes=" + "0" * 5000 + "5-6", ByteRange(5, 6)),
     ],
 )
 def test_parse_range(header: str | None, expected: ByteRange | None) -> None:
     assert parse_range(header, 100) == expected
 
 
-@pytest.mark.parametrize("header", ["bytes=100-", "bytes=-0", "bytes=5-1", "bytes=x-1", "bytes=0-1,3-4", "bytes=-"])
+@pytest.mark.parametrize(
+    "header",
+    [
+        "bytes=100-",
+        "bytes=-0",
+        "bytes=5-1",
+        "bytes=x-1",
+        "bytes=0-1,3-4",
+        "bytes=-",
+        "bytes=" + "9" * 5000 + "-",
+        "bytes=١-٢",
+    ],
+)
 def test_unsatisfiable_ranges(header: str) -> None:
     with pytest.raises(RangeNotSatisfiable):
         parse_range(header, 100)

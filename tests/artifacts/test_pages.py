@@ -9,7 +9,7 @@ import pytest
 from django.urls import reverse
 
 from access.models import GrantStatus
-from artifacts.models import DownloadEvent, JobStatus
+from artifacts.models import DownloadEvent, VerificationStatus
 from tests.artifacts.conftest import grant_access
 from tests.conftest import login
 
@@ -109,7 +109,7 @@ def test_operator_pages(client: Any, reviewer: Any, applicant: Any, gated_checkp
         assert row.sha256 in detail and row.md5 in detail
     assert "3 / 3 files" in detail
     progress = client.get(reverse("checkpoint-progress", args=[gated_checkpoint.pk])).json()
-    assert progress["job"]["status"] == JobStatus.SUCCEEDED and progress["job"]["files_done"] == 3
+    assert progress["job"]["status"] == VerificationStatus.SUCCEEDED and progress["job"]["files_done"] == 3
     # Downloads per grant, then revoke from there.
     per_grant = client.get(reverse("grant-downloads")).content.decode()
     assert f"#{holder_grant.pk}" in per_grant and applicant.email in per_grant
@@ -135,7 +135,7 @@ def test_verify_again_button(
         response = client.post(reverse("checkpoint-verify", args=[gated_checkpoint.pk]))
     assert response.status_code == 302
     jobs = list(gated_checkpoint.verification_jobs.order_by("pk"))
-    assert len(jobs) == 2 and jobs[1].status == JobStatus.SUCCEEDED and jobs[1].requested_by == admin
+    assert len(jobs) == 2 and jobs[1].status == VerificationStatus.SUCCEEDED and jobs[1].requested_by == admin
     assert client.get(reverse("checkpoint-verify", args=[gated_checkpoint.pk])).status_code == 405
 
 
@@ -148,3 +148,19 @@ def test_schema_lists_the_download_api(client: Any, applicant: Any) -> None:
         "/api/v1/checkpoints/{checkpoint_id}/bundle/download-sh/",
     ):
         assert path in schema["paths"]
+
+
+def test_checkpoint_pages_list_the_true_size(client: Any, reviewer: Any, gated_release: Any, tmp_path: Any) -> None:
+    """Files of the same size (the shards of a tensor-parallel checkpoint often are) each count."""
+    from tests.artifacts.conftest import make_checkpoint
+
+    blob = bytes(range(256)) * 4000  # 1,024,000 bytes
+    files = {"config.json": b'{"model_type": "opt"}\n', "model.safetensors": blob, "tokenizer/tokenizer.json": blob}
+    checkpoint = make_checkpoint(gated_release, tmp_path, files, variant="tp2")
+    total = sum(len(data) for data in files.values())
+    login(client, reviewer)
+    index = client.get(reverse("checkpoint-index")).content.decode()
+    assert "2.0\xa0MB" in index  # 2,048,003 bytes, not one shard's 1.0 MB
+    detail = client.get(reverse("checkpoint-detail", args=[checkpoint.pk])).content.decode()
+    assert f"({total} bytes) in 3 files" in detail
+    assert "Never verified" not in detail

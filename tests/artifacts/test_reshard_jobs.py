@@ -20,16 +20,22 @@ from typing import Any
 import pytest
 from celery.exceptions import Retry
 from django.db import connection
+from django.template.defaultfilters import filesizeformat
 from django.urls import reverse
 from django.utils import timezone
 
 from access.errors import AccessError, InvalidInput, NotAllowed
 from access.models import AuditEvent
-from access.services import RequestMeta
-from artifacts import reshard_jobs, selectors, services
-from artifacts.models import Checkpoint, CheckpointState, ReshardJob, ReshardStatus
+from access.services.audit import RequestMeta
+from artifacts import selectors
+from artifacts.models import Checkpoint, CheckpointState, ReshardJob
+from artifacts.services import downloads, imports, links, reshard_run, verification
+from artifacts.services.reshard import reshard_job_create
 from artifacts.storage import LocalStorage, get_storage
-from artifacts.tasks import reap_stale_verifications, run_reshard_job
+from artifacts.tasks import run_reshard_job
+from jobs.models import JobStatus
+from jobs.services import jobs_reap, retry_delay
+from jobs.tasks import reap_jobs
 from tests.artifacts.conftest import grant_access
 from tests.conftest import login
 
@@ -53,11 +59,11 @@ def _reshard_settings(settings: Any, tmp_path: Path) -> None:
 
 
 def import_ready(release: Any, folder: Path, variant: str = "hf-tiny") -> Checkpoint:
-    result = services.checkpoint_import(
+    result = imports.checkpoint_import(
         release=release, source_uri=str(folder), fmt="hf", variant=variant, label="tiny random OPT", enqueue=False
     )
-    job = services.verification_enqueue(checkpoint=result.checkpoint, dispatch=False)
-    services.verification_run(job_id=job.pk, workers=1)
+    job = verification.verification_enqueue(checkpoint=result.checkpoint, dispatch=False)
+    verification.verification_run(job_id=job.pk, workers=1)
     result.checkpoint.refresh_from_db()
     assert result.checkpoint.state == CheckpointState.READY
     return result.checkpoint
@@ -104,12 +110,10 @@ def test_conversion_registers_a_verified_checkpoint_of_the_same_release(
     settings.ARTIFACTS_RESHARD_NUMERICS_MAX_BYTES = 1 << 30  # tiny: compare logits with the source too
     source = import_ready(gated_release, tiny_opt)
     with django_capture_on_commit_callbacks(execute=True):
-        outcome = reshard_jobs.reshard_job_create(
-            checkpoint=source, to="native", tp=2, dtype="fp16", actor=reviewer, meta=META
-        )
+        outcome = reshard_job_create(checkpoint=source, to="native", tp=2, dtype="fp16", actor=reviewer, meta=META)
     assert outcome.created
     job = ReshardJob.objects.get(pk=outcome.job.pk)
-    assert job.status == ReshardStatus.SUCCEEDED, job.error_message
+    assert job.status == JobStatus.SUCCEEDED, job.error_message
     assert job.attempts == 1 and job.finished_at is not None and job.exit_code is None
     assert job.bytes_total > 0 and job.bytes_done == job.bytes_total
     assert job.tensors_total > 0 and job.tensors_done == job.tensors_total
@@ -136,7 +140,7 @@ def test_conversion_registers_a_verified_checkpoint_of_the_same_release(
 
     # Same access rules as its release: the grant holder downloads it, an outsider does not.
     grant_access(applicant, gated_release, reviewer)
-    bundle = services.links_issue(
+    bundle = links.links_issue(
         user=applicant,
         checkpoint=output,
         base_url="http://testserver",
@@ -146,7 +150,7 @@ def test_conversion_registers_a_verified_checkpoint_of_the_same_release(
     )
     assert {link.file.path for link in bundle.links} == set(expected)
     weights = next(link for link in bundle.links if link.file.path.endswith("00001-of-00002.safetensors"))
-    redemption = services.download_redeem(
+    redemption = downloads.download_redeem(
         token=weights.url.rsplit("/", 1)[-1], request_user=applicant, meta=META, renewal_url_for=lambda pk: "/renew"
     )
     if backend == "local":
@@ -154,7 +158,7 @@ def test_conversion_registers_a_verified_checkpoint_of_the_same_release(
     else:
         assert redemption.redirect_url
     with pytest.raises(NotAllowed):
-        services.links_issue(
+        links.links_issue(
             user=other_applicant,
             checkpoint=output,
             base_url="http://testserver",
@@ -170,6 +174,17 @@ def test_conversion_registers_a_verified_checkpoint_of_the_same_release(
     page = client.get(reverse("checkpoint-detail", args=[output.pk])).content.decode()
     assert f"reshard job #{job.pk}" in page
     assert reverse("checkpoint-detail", args=[source.pk]) in page
+    # It says it was verified, how, and its true size: the bytes in storage.
+    assert "Never verified" not in page and "Ready" in page
+    assert f"{output.verified_at:%Y-%m-%d %H:%M} UTC" in page
+    checked = job.report["verified"]["files_checked"]
+    assert f"Verified by reshard job #{job.pk}" in page and f"{checked} files checked" in page
+    assert "logits match the source" in page
+    stored_bytes = sum(get_storage().size(row.storage_key) for row in output.files.all())
+    assert stored_bytes == sum(row.size for row in output.files.all())
+    assert f"({stored_bytes} bytes) in {output.files.count()} files" in page
+    index = client.get(reverse("checkpoint-index")).content.decode()
+    assert filesizeformat(stored_bytes) in index
     source_page = client.get(reverse("checkpoint-detail", args=[source.pk])).content.decode()
     assert f'id="reshard-job-{job.pk}"' in source_page and reverse("checkpoint-detail", args=[output.pk]) in source_page
 
@@ -178,11 +193,11 @@ def test_conversion_registers_a_verified_checkpoint_of_the_same_release(
 def test_hf_to_hf_dtype_change_and_metaseq(gated_release: Any, reviewer: Any, tiny_opt: Path, tmp_path: Path) -> None:
     source = import_ready(gated_release, tiny_opt)
     for to, tp, dtype in [("hf", None, "bf16"), ("metaseq", 2, None)]:
-        outcome = reshard_jobs.reshard_job_create(
+        outcome = reshard_job_create(
             checkpoint=source, to=to, tp=tp, dtype=dtype, actor=reviewer, meta=META, dispatch=False
         )
-        job = reshard_jobs.reshard_job_run(job_id=outcome.job.pk)
-        assert job is not None and job.status == ReshardStatus.SUCCEEDED, job.error_message
+        job = reshard_run.reshard_job_run(job_id=outcome.job.pk)
+        assert job is not None and job.status == JobStatus.SUCCEEDED, job.error_message
         expected = direct_sums(tiny_opt, tmp_path / f"by-hand-{to}", checkpoint=source, to=to, tp=tp, dtype=dtype)
         assert {row.path: row.sha256 for row in job.output.files.all()} == expected
         assert job.output.dtype == ("bfloat16" if to == "hf" else "float32")
@@ -201,26 +216,22 @@ def test_same_conversion_twice_is_one_job_and_rerun_is_a_noop(
     django_capture_on_commit_callbacks: Any,
 ) -> None:
     source = import_ready(gated_release, tiny_opt)
-    first = reshard_jobs.reshard_job_create(
+    first = reshard_job_create(
         checkpoint=source, to="native", tp=1, dtype="fp32", actor=reviewer, meta=META, dispatch=False
     )
     # Spelled differently, asked by someone else, still the same conversion.
-    second = reshard_jobs.reshard_job_create(
-        checkpoint=source, to="native", tp=None, dtype="float32", actor=admin, meta=META
-    )
+    second = reshard_job_create(checkpoint=source, to="native", tp=None, dtype="float32", actor=admin, meta=META)
     assert first.created and not second.created and second.job.pk == first.job.pk
     assert ReshardJob.objects.count() == 1
 
-    job = reshard_jobs.reshard_job_run(job_id=first.job.pk)
-    assert job is not None and job.status == ReshardStatus.SUCCEEDED
+    job = reshard_run.reshard_job_run(job_id=first.job.pk)
+    assert job is not None and job.status == JobStatus.SUCCEEDED
     checkpoints = Checkpoint.objects.count()
-    again = reshard_jobs.reshard_job_run(job_id=first.job.pk)  # a duplicate delivery
+    again = reshard_run.reshard_job_run(job_id=first.job.pk)  # a duplicate delivery
     run_reshard_job.delay(first.job.pk)
-    assert again is not None and again.status == ReshardStatus.SUCCEEDED and again.attempts == 1
+    assert again is not None and again.status == JobStatus.SUCCEEDED and again.attempts == 1
     assert Checkpoint.objects.count() == checkpoints
-    third = reshard_jobs.reshard_job_create(
-        checkpoint=source, to="native", tp=1, dtype="fp32", actor=reviewer, meta=META
-    )
+    third = reshard_job_create(checkpoint=source, to="native", tp=1, dtype="fp32", actor=reviewer, meta=META)
     assert not third.created and third.job.pk == first.job.pk and third.job.output_id == job.output_id
 
 
@@ -240,7 +251,7 @@ def test_bad_options_are_refused_naming_what_to_change(
     def refused(**options: Any) -> AccessError:
         options = {"checkpoint": source, "to": "native", "actor": reviewer, "meta": META, **options}
         with pytest.raises(AccessError) as caught:
-            reshard_jobs.reshard_job_create(**options)
+            reshard_job_create(**options)
         return caught.value
 
     error = refused(tp=3)
@@ -279,17 +290,17 @@ def test_reshard_input_error_fails_for_good_and_frees_the_request(
     data = weights.read_bytes()
     weights.write_bytes(data[: len(data) // 2])
     with django_capture_on_commit_callbacks(execute=True):
-        outcome = reshard_jobs.reshard_job_create(checkpoint=source, to="native", tp=2, actor=reviewer, meta=META)
+        outcome = reshard_job_create(checkpoint=source, to="native", tp=2, actor=reviewer, meta=META)
     job = ReshardJob.objects.get(pk=outcome.job.pk)
-    assert job.status == ReshardStatus.FAILED and job.exit_code == 3 and job.attempts == 1
+    assert job.status == JobStatus.FAILED and job.exit_code == 3 and job.attempts == 1
     assert "model.safetensors" in job.error_message
     assert job.output is None and not Checkpoint.objects.filter(derived_from=source).exists()
     # A failed request does not block asking again (after fixing the input).
     weights.write_bytes(data)
     with django_capture_on_commit_callbacks(execute=True):
-        again = reshard_jobs.reshard_job_create(checkpoint=source, to="native", tp=2, actor=reviewer, meta=META)
+        again = reshard_job_create(checkpoint=source, to="native", tp=2, actor=reviewer, meta=META)
     assert again.created and again.job.pk != job.pk
-    assert ReshardJob.objects.get(pk=again.job.pk).status == ReshardStatus.SUCCEEDED
+    assert ReshardJob.objects.get(pk=again.job.pk).status == JobStatus.SUCCEEDED
 
 
 @pytest.mark.django_db
@@ -313,33 +324,29 @@ def test_transient_faults_retry_with_backoff_then_give_up(
 
     monkeypatch.setattr(LocalStorage, "write_stream", flaky_write)
     with django_capture_on_commit_callbacks(execute=False):
-        outcome = reshard_jobs.reshard_job_create(
-            checkpoint=source, to="native", tp=1, dtype="fp16", actor=reviewer, meta=META
-        )
+        outcome = reshard_job_create(checkpoint=source, to="native", tp=1, dtype="fp16", actor=reviewer, meta=META)
     with pytest.raises(Retry) as retry:
         run_reshard_job.delay(outcome.job.pk)  # the first delivery
     assert retry.value.when == 60  # backoff: 60 s, then 120, 240... capped at 15 minutes
-    assert (reshard_jobs.retry_delay(2), reshard_jobs.retry_delay(9)) == (120, 900)
+    assert (retry_delay(2), retry_delay(9)) == (120, 900)
     job = ReshardJob.objects.get(pk=outcome.job.pk)
-    assert job.status == ReshardStatus.QUEUED and job.attempts == 1
+    assert job.status == JobStatus.QUEUED and job.attempts == 1
     assert "No space left on device" in job.error_message and "retrying in 60 s" in job.error_message
     assert not Checkpoint.objects.filter(variant="hf-tiny-native-tp1-fp16").exists()
     run_reshard_job.delay(job.pk)  # the retry, delivered after the countdown
     job.refresh_from_db()
-    assert job.status == ReshardStatus.SUCCEEDED and job.attempts == 2 and job.output is not None
+    assert job.status == JobStatus.SUCCEEDED and job.attempts == 2 and job.output is not None
     assert job.error_message == ""
 
     settings.ARTIFACTS_RESHARD_MAX_ATTEMPTS = 2
     failures["left"] = 100
     with django_capture_on_commit_callbacks(execute=False):
-        outcome = reshard_jobs.reshard_job_create(
-            checkpoint=source, to="native", tp=2, dtype="fp16", actor=reviewer, meta=META
-        )
+        outcome = reshard_job_create(checkpoint=source, to="native", tp=2, dtype="fp16", actor=reviewer, meta=META)
     with pytest.raises(Retry):
         run_reshard_job.delay(outcome.job.pk)
     run_reshard_job.delay(outcome.job.pk)  # the second and last attempt fails the job instead of retrying
     job = ReshardJob.objects.get(pk=outcome.job.pk)
-    assert job.status == ReshardStatus.FAILED and job.attempts == 2 and job.exit_code == 1
+    assert job.status == JobStatus.FAILED and job.attempts == 2 and job.exit_code == 1
     assert "Gave up after 2 attempts" in job.error_message and "No space left on device" in job.error_message
     assert not Checkpoint.objects.filter(variant="hf-tiny-native-tp2-fp16").exists()
     # config.json and manifest.json were stored before the weights failed; a failed job removes them.
@@ -354,21 +361,21 @@ def test_reaper_requeues_stale_jobs_then_fails_them_out_of_attempts(
     settings: Any,
 ) -> None:
     source = import_ready(gated_release, tiny_opt)
-    job = reshard_jobs.reshard_job_create(
+    job = reshard_job_create(
         checkpoint=source, to="native", tp=1, dtype="fp16", actor=reviewer, meta=META, dispatch=False
     ).job
-    long_ago = timezone.now() - timedelta(seconds=reshard_jobs.stale_seconds() + 60)
-    ReshardJob.objects.filter(pk=job.pk).update(status=ReshardStatus.RUNNING, attempts=3, heartbeat_at=long_ago)
-    assert reshard_jobs.reshard_job_run(job_id=job.pk).status == ReshardStatus.RUNNING  # out of attempts: not claimed
-    assert reap_stale_verifications.delay().get() == 1
+    long_ago = timezone.now() - timedelta(seconds=settings.ARTIFACTS_RESHARD_STALE_SECONDS + 60)
+    ReshardJob.objects.filter(pk=job.pk).update(status=JobStatus.RUNNING, attempts=3, heartbeat_at=long_ago)
+    assert reshard_run.reshard_job_run(job_id=job.pk).status == JobStatus.RUNNING  # out of attempts: not claimed
+    assert reap_jobs.delay().get() == 1
     job.refresh_from_db()
-    assert job.status == ReshardStatus.FAILED and "stopped sending heartbeats" in job.error_message
+    assert job.status == JobStatus.FAILED and "stopped sending heartbeats" in job.error_message
     # A fresh heartbeat is left alone.
-    other = reshard_jobs.reshard_job_create(
+    other = reshard_job_create(
         checkpoint=source, to="native", tp=2, dtype="fp16", actor=reviewer, meta=META, dispatch=False
     ).job
-    ReshardJob.objects.filter(pk=other.pk).update(status=ReshardStatus.RUNNING, attempts=1, heartbeat_at=timezone.now())
-    assert reshard_jobs.reshard_jobs_reap_stale() == 0
+    ReshardJob.objects.filter(pk=other.pk).update(status=JobStatus.RUNNING, attempts=1, heartbeat_at=timezone.now())
+    assert jobs_reap() == 0
 
 
 # --- A worker killed mid-conversion ---------------------------------------------------------------
@@ -386,7 +393,7 @@ settings.ARTIFACTS_RESHARD_WORK_DIR = sys.argv[3]
 settings.ARTIFACTS_RESHARD_NUMERICS_MAX_BYTES = 0
 
 import reshard
-from artifacts import reshard_jobs
+from artifacts.services import reshard_run
 
 real_convert = reshard.convert
 
@@ -401,7 +408,7 @@ def slow_convert(*args, progress, **kwargs):
 
 
 reshard.convert = slow_convert
-reshard_jobs.reshard_job_run(job_id=int(sys.argv[1]))
+reshard_run.reshard_job_run(job_id=int(sys.argv[1]))
 """
 
 
@@ -430,7 +437,7 @@ def test_worker_killed_mid_conversion_leaves_nothing_and_the_retry_is_identical(
     settings: Any,
 ) -> None:
     source = import_ready(gated_release, tiny_opt)
-    job = reshard_jobs.reshard_job_create(
+    job = reshard_job_create(
         checkpoint=source, to="native", tp=2, dtype="fp16", actor=reviewer, meta=META, dispatch=False
     ).job
     variant = "hf-tiny-native-tp2-fp16"
@@ -452,7 +459,7 @@ def test_worker_killed_mid_conversion_leaves_nothing_and_the_retry_is_identical(
         deadline = time.monotonic() + 120
         while True:
             job.refresh_from_db()
-            if job.status == ReshardStatus.RUNNING and job.bytes_done > 0:
+            if job.status == JobStatus.RUNNING and job.bytes_done > 0:
                 break
             if child.poll() is not None or time.monotonic() > deadline:
                 output = child.stdout.read().decode() if child.stdout else ""
@@ -467,7 +474,7 @@ def test_worker_killed_mid_conversion_leaves_nothing_and_the_retry_is_identical(
 
     # Killed while converting: the row still says running, and nothing of the output is visible.
     job.refresh_from_db()
-    assert job.status == ReshardStatus.RUNNING and job.phase == "converting" and job.attempts == 1
+    assert job.status == JobStatus.RUNNING and job.phase == "converting" and job.attempts == 1
     assert 0 < job.bytes_done < job.bytes_total and job.output is None
     assert not Checkpoint.objects.filter(derived_from=source).exists()
     assert not Checkpoint.objects.filter(variant=variant).exists()
@@ -476,14 +483,14 @@ def test_worker_killed_mid_conversion_leaves_nothing_and_the_retry_is_identical(
     assert not (job_dir / "output").exists()
     assert [p.name for p in job_dir.iterdir() if ".reshard-tmp-" in p.name] == [f".output.reshard-tmp-{child.pid}"]
     # The broker redelivers the task at once (acks_late): the heartbeat is fresh, so it does not run twice.
-    assert reshard_jobs.reshard_job_run(job_id=job.pk).attempts == 1
+    assert reshard_run.reshard_job_run(job_id=job.pk).attempts == 1
     assert not selectors.downloadable_checkpoints(user=reviewer)  # nothing listed for anyone
 
     # Once the heartbeat is stale the reaper queues the job again; the (eager) retry converts from scratch.
-    later = timezone.now() + timedelta(seconds=reshard_jobs.stale_seconds() + 1)
-    assert reshard_jobs.reshard_jobs_reap_stale(now=later) == 1
+    later = timezone.now() + timedelta(seconds=settings.ARTIFACTS_RESHARD_STALE_SECONDS + 1)
+    assert jobs_reap(now=later) == 1
     job.refresh_from_db()
-    assert job.status == ReshardStatus.SUCCEEDED, job.error_message
+    assert job.status == JobStatus.SUCCEEDED, job.error_message
     assert job.attempts == 2 and job.bytes_done == job.bytes_total
     expected = direct_sums(tiny_opt, tmp_path / "clean", checkpoint=source, to="native", tp=2, dtype="fp16")
     assert {row.path: row.sha256 for row in job.output.files.all()} == expected
@@ -535,7 +542,7 @@ def test_convert_form_jobs_table_and_live_progress(
     for callback in callbacks:
         callback()  # the task runs (eagerly)
     job.refresh_from_db()
-    assert job.status == ReshardStatus.SUCCEEDED
+    assert job.status == JobStatus.SUCCEEDED
     figures = client.get(reverse("checkpoint-reshard-jobs", args=[source.pk])).json()["jobs"][0]
     assert figures["status"] == "succeeded" and figures["bytes_done"] == figures["bytes_total"] > 0
     assert figures["tensors_done"] == figures["tensors_total"] > 0 and figures["percent"] == 100.0
@@ -584,9 +591,7 @@ def test_outsiders_get_403_or_404_on_reshard_pages_and_api(
     tiny_opt: Path,
 ) -> None:
     source = import_ready(gated_release, tiny_opt)
-    job = reshard_jobs.reshard_job_create(
-        checkpoint=source, to="native", tp=1, actor=reviewer, meta=META, dispatch=False
-    ).job
+    job = reshard_job_create(checkpoint=source, to="native", tp=1, actor=reviewer, meta=META, dispatch=False).job
     form = {"to": "native", "tp": "2"}
     api_list = reverse("artifacts-api:checkpoint-reshard-jobs", args=[source.pk])
     api_job = reverse("artifacts-api:reshard-job", args=[job.pk])
@@ -613,3 +618,59 @@ def test_outsiders_get_403_or_404_on_reshard_pages_and_api(
     login(client, reviewer)
     assert client.get(api_job).status_code == 200
     assert client.get(reverse("artifacts-api:reshard-job", args=[999999])).status_code == 404
+
+
+# --- Cancel ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_cancel_a_queued_conversion_through_the_api_then_ask_again(
+    client: Any, reviewer: Any, gated_release: Any, tiny_opt: Path
+) -> None:
+    source = import_ready(gated_release, tiny_opt)
+    job = reshard_job_create(
+        checkpoint=source, to="native", tp=1, dtype="fp16", actor=reviewer, meta=META, dispatch=False
+    ).job
+    login(client, reviewer)
+    response = client.post(reverse("artifacts-api:reshard-job-cancel", args=[job.pk]))
+    assert response.status_code == 200 and response.json()["status"] == "cancelled"
+    assert response.json()["cancel_requested_at"] is not None
+    assert reshard_run.reshard_job_run(job_id=job.pk).status == JobStatus.CANCELLED  # its late message: a no-op
+    again = client.post(reverse("artifacts-api:reshard-job-cancel", args=[job.pk]))
+    assert again.status_code == 409 and "only queued or running jobs" in again.json()["detail"]
+    assert AuditEvent.objects.filter(action="checkpoint.reshard_cancel_request").count() == 1
+    # A cancelled conversion does not hold its name: asking again queues a new job.
+    outcome = reshard_job_create(
+        checkpoint=source, to="native", tp=1, dtype="fp16", actor=reviewer, meta=META, dispatch=False
+    )
+    assert outcome.created and outcome.job.pk != job.pk
+
+
+@pytest.mark.django_db
+def test_cancel_stops_a_running_conversion_and_removes_what_it_stored(
+    client: Any, reviewer: Any, gated_release: Any, tiny_opt: Path, monkeypatch: Any, settings: Any
+) -> None:
+    import reshard
+
+    source = import_ready(gated_release, tiny_opt)
+    job = reshard_job_create(
+        checkpoint=source, to="native", tp=2, dtype="fp16", actor=reviewer, meta=META, dispatch=False
+    ).job
+    login(client, reviewer)
+    real_convert = reshard.convert
+
+    def convert_while_an_operator_cancels(*args: Any, **kwargs: Any) -> Any:
+        result = real_convert(*args, **kwargs)
+        response = client.post(reverse("reshard-job-cancel", args=[job.pk]), follow=True)
+        assert "will stop at its next heartbeat" in response.content.decode()
+        return result
+
+    monkeypatch.setattr(reshard, "convert", convert_while_an_operator_cancels)
+    job = reshard_run.reshard_job_run(job_id=job.pk)
+    assert job is not None and job.status == JobStatus.CANCELLED and job.output is None
+    assert job.error_message == f"Cancelled by {reviewer.email}."
+    assert not Checkpoint.objects.filter(derived_from=source).exists()
+    assert list(get_storage().list(f"checkpoints/{gated_release.slug}/hf-tiny-native-tp2-fp16")) == []
+    assert not (Path(settings.ARTIFACTS_RESHARD_WORK_DIR) / f"job-{job.pk}").exists()
+    page = client.get(reverse("checkpoint-detail", args=[source.pk])).content.decode()
+    assert "Cancelled by" in page and reverse("reshard-job-cancel", args=[job.pk]) not in page

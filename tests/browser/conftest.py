@@ -23,7 +23,9 @@ def chromium_path() -> str | None:
     return os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@pytest.fixture(scope="session")
+# Package scope, not session: while Playwright's sync API is open its event loop counts as running in
+# this thread, so tests elsewhere that call asyncio.run() must run after it has stopped.
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Any]:
     executable = chromium_path()
     if executable is None:
@@ -32,10 +34,10 @@ def browser() -> Iterator[Any]:
         pytest.skip("Chromium is not installed (apt-get install chromium, or scripts/services.sh install)")
     # Playwright's sync API runs an event loop in this thread; the ORM calls the tests make in
     # between page actions are ordinary blocking calls, so allow them.
-    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
     from playwright.sync_api import sync_playwright
 
-    with sync_playwright() as playwright:
+    with pytest.MonkeyPatch.context() as patch, sync_playwright() as playwright:
+        patch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
         instance = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS, headless=True)
         yield instance
         instance.close()

@@ -143,7 +143,7 @@ def test_metaseq_tp_output_reads_back_and_keeps_kvq(
         assert part["model"].keys() - {"decoder.version"} == expected[p].keys()
         for name, tensor in expected[p].items():
             assert torch.equal(part["model"][name], tensor), (p, name)
-    assert reshard.inspect(tmp_path / "ms").format == "metaseq-tp"
+    assert reshard.inspect(tmp_path / "ms").format == "metaseq"
 
 
 def test_dtype_conversion_and_fsdp_opt350(tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ from access.models import (
     RejectionTemplate,
     Release,
 )
-from access.services import reviewer_group
+from access.services.accounts import reviewer_group
 
 M = TypeVar("M", bound=models.Model)
 

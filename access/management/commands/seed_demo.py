@@ -20,16 +20,15 @@ from django.utils import timezone
 
 from access.errors import AccessError
 from access.models import Application, RejectionTemplate, Release, User
-from access.services import (
-    ApplicationInput,
-    RequestMeta,
+from access.services.accounts import reviewer_group
+from access.services.applications import ApplicationInput, application_submit
+from access.services.audit import RequestMeta
+from access.services.reviews import (
     application_approve,
     application_reject,
     application_request_info,
     application_start_review,
-    application_submit,
     rejection_template_render,
-    reviewer_group,
 )
 
 DEMO_META = RequestMeta(ip="127.0.0.1", user_agent="manage.py seed_demo")

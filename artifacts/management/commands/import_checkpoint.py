@@ -9,8 +9,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from access.errors import AccessError
 from access.models import Release
-from artifacts import services
 from artifacts.models import CheckpointFormat
+from artifacts.services import imports, verification
 
 
 class Command(BaseCommand):
@@ -44,7 +44,7 @@ class Command(BaseCommand):
                 raise CommandError(f"--checksums {path}: no such file.")
             checksums_text = path.read_text(encoding="utf-8", errors="replace")
         try:
-            result = services.checkpoint_import(
+            result = imports.checkpoint_import(
                 release=release,
                 source_uri=options["source"],
                 fmt=options["format"],
@@ -66,8 +66,8 @@ class Command(BaseCommand):
             f"{len(result.copied)} file(s) copied, {len(result.already_stored)} already in storage."
         )
         if options["sync"]:
-            job = services.verification_enqueue(checkpoint=checkpoint, dispatch=False)
-            job = services.verification_run(job_id=job.pk)
+            job = verification.verification_enqueue(checkpoint=checkpoint, dispatch=False)
+            job = verification.verification_run(job_id=job.pk)
             checkpoint.refresh_from_db()
             self.stdout.write(f"Verification #{job.pk}: {job.status}; checkpoint is {checkpoint.state}.")
             for bad in (job.report or {}).get("bad_files", []):

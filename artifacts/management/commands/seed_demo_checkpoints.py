@@ -10,8 +10,8 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 
 from access.models import Release
-from artifacts import services
 from artifacts.models import CheckpointState
+from artifacts.services import imports, verification
 
 DEMO_RELEASES = ("opt-125m", "opt-175b")
 VARIANT = "hf-demo-random"
@@ -34,6 +34,33 @@ def build_demo_checkpoint(target: Path) -> Path:
     return target
 
 
+def build_demo_tokenizer(target: Path) -> Path:
+    """Write tokenizer.json for the demo model, built here with no download: a BPE trained on generated
+    pseudo-words (and every printable ASCII character) up to OPT's 50272 ids, <s> <pad> </s> <unk> as
+    ids 0-3 like OPT's, so every id the random model samples decodes to visible text in the playground.
+    Deterministic: the same bytes on every run, so re-seeding changes nothing."""
+    import string
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    syllables = [c + v for c in "bdfghjklmnprstvwz" for v in "aeiou"] + list("aeiou")
+    words = [a + b for a in syllables for b in syllables]
+    words += [a + b + c for a in syllables for b in syllables for c in syllables][::3]
+    corpus = [" ".join(words[i : i + 50]) for i in range(0, len(words), 50)]
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+    tokenizer.decoder = decoders.Metaspace()
+    trainer = trainers.BpeTrainer(
+        vocab_size=50272,
+        special_tokens=["<s>", "<pad>", "</s>", "<unk>"],
+        initial_alphabet=list(string.printable.strip()),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(corpus, trainer)
+    tokenizer.save(str(target / "tokenizer.json"))
+    return target
+
+
 class Command(BaseCommand):
     help = "Create the demo checkpoints (tiny random-weight OPT) for opt-125m and opt-175b. Safe to re-run."
 
@@ -49,8 +76,10 @@ class Command(BaseCommand):
             return
         with tempfile.TemporaryDirectory(prefix="openrelease-demo-") as tmp:
             source = build_demo_checkpoint(Path(tmp) / "opt-demo-random")
+            # The engine (`python -m inference_worker serve`) reads the tokenizer from the checkpoint.
+            build_demo_tokenizer(source)
             for release in releases:
-                result = services.checkpoint_import(
+                result = imports.checkpoint_import(
                     release=release,
                     source_uri=str(source),
                     fmt="hf",
@@ -61,7 +90,7 @@ class Command(BaseCommand):
                 )
                 checkpoint = result.checkpoint
                 if not result.unchanged or checkpoint.state != CheckpointState.READY:
-                    job = services.verification_enqueue(checkpoint=checkpoint, dispatch=False)
-                    services.verification_run(job_id=job.pk)
+                    job = verification.verification_enqueue(checkpoint=checkpoint, dispatch=False)
+                    verification.verification_run(job_id=job.pk)
                     checkpoint.refresh_from_db()
                 self.stdout.write(f"{checkpoint}: {checkpoint.state} ({checkpoint.files.count()} files)")

@@ -1,0 +1,257 @@
+"""Fixtures for the gateway tests.
+
+- Settings: counters in the real Redis (REDIS_URL) under a prefix of their own, secret files in a
+  temporary folder, checkpoints on local disk.
+- Rows: a ready checkpoint of the gated release, a deployment, the grant holder (the `applicant`).
+- Live processes (session-wide): a REAL engine (`python -m inference_worker serve`) on a tiny random
+  OPT with a tokenizer trained here, and the portal itself under uvicorn (ASGI) on the test database,
+  for the official `openai` client to talk to.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+from tests.artifacts.conftest import grant_access, make_checkpoint
+
+REPO = Path(__file__).resolve().parents[2]
+ENGINE_CONTEXT = 1024  # long enough for streams that last seconds (revocation, concurrency tests)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def closed_port_url() -> str:
+    """A URL nothing listens on: a replica that refuses connections."""
+    return f"http://127.0.0.1:{free_port()}"
+
+
+@pytest.fixture(autouse=True)
+def _gateway_settings(settings: Any, tmp_path: Path) -> Iterator[None]:
+    settings.GATEWAY_COUNTERS = "redis" if settings.REDIS_URL else "local"
+    settings.GATEWAY_REDIS_PREFIX = f"gwtest:{uuid.uuid4().hex[:10]}:"
+    settings.GATEWAY_SECRETS_DIR = tmp_path / "engine-secrets"
+    settings.GATEWAY_SECRETS_DIR.mkdir()
+    settings.ARTIFACTS_STORAGE = "local"
+    settings.ARTIFACTS_LOCAL_ROOT = tmp_path / "storage"
+    settings.ARTIFACTS_IMPORT_ROOTS = []
+    yield
+    if settings.REDIS_URL:
+        import redis
+
+        client = redis.Redis.from_url(settings.REDIS_URL)
+        keys = list(client.scan_iter(f"{settings.GATEWAY_REDIS_PREFIX}*"))
+        if keys:
+            client.delete(*keys)
+        client.close()
+
+
+def write_secret(folder: Path, name: str = "engine.secret", secret: str | None = None) -> Path:
+    path = folder / name
+    path.write_text((secret or secrets.token_urlsafe(24)) + "\n")
+    path.chmod(0o600)
+    return path
+
+
+@pytest.fixture
+def secret_file(settings: Any) -> Path:
+    return write_secret(Path(settings.GATEWAY_SECRETS_DIR))
+
+
+@pytest.fixture
+def checkpoint(gated_release: Any, tmp_path: Path) -> Any:
+    return make_checkpoint(gated_release, tmp_path)
+
+
+def add_deployment(release: Any, checkpoint: Any, urls: list[str], secret_file: Path, **options: Any) -> Any:
+    from access.services.audit import SYSTEM
+    from gateway.services.deployments import deployment_add
+
+    return deployment_add(
+        release=release,
+        checkpoint=checkpoint,
+        urls=urls,
+        secret_file=str(secret_file),
+        actor=None,
+        meta=SYSTEM,
+        restrict_secret_dir=False,
+        **options,
+    )
+
+
+@pytest.fixture
+def holder_grant(applicant: Any, gated_release: Any, reviewer: Any) -> Any:
+    return grant_access(applicant, gated_release, reviewer)
+
+
+def api_key_for(user: Any, **options: Any) -> tuple[Any, str]:
+    from access.services.api_keys import api_key_create
+
+    return api_key_create(user=user, name="test", **options)
+
+
+# --- A real engine ----------------------------------------------------------------------------
+
+CORPUS = [
+    "the quick brown fox jumps over the lazy dog",
+    "hello world this is a tiny corpus for the gateway tests",
+    "researchers score text with the logprobs of its tokens",
+    "once upon a time there was a small model that liked to talk",
+]
+
+
+def build_engine_checkpoint(path: Path) -> Path:
+    """A small random OPT (transformers layout) with a BPE tokenizer trained on a few sentences. Wide
+    enough that a long stream lasts seconds on one CPU thread (the revocation and concurrency tests
+    act while one is open); every other request asks for a few tokens."""
+    import torch
+    import transformers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    config = transformers.OPTConfig(
+        vocab_size=128,
+        hidden_size=512,
+        num_hidden_layers=6,
+        ffn_dim=2048,
+        num_attention_heads=8,
+        max_position_embeddings=ENGINE_CONTEXT,
+        bos_token_id=2,
+        eos_token_id=2,
+        pad_token_id=1,
+    )
+    torch.manual_seed(0)
+    transformers.OPTForCausalLM(config).save_pretrained(path)
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+    tokenizer.decoder = decoders.Metaspace()
+    trainer = trainers.BpeTrainer(vocab_size=120, special_tokens=["<s>", "<pad>", "</s>", "<unk>"], show_progress=False)
+    tokenizer.train_from_iterator(CORPUS * 5, trainer)
+    tokenizer.save(str(path / "tokenizer.json"))
+    return path
+
+
+class Process:
+    """A subprocess serving HTTP on 127.0.0.1, with its log in a file."""
+
+    def __init__(self, command: list[str], *, env: dict[str, str], port: int, log: Path, health: str) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = log
+        self._log_file = log.open("w")
+        self.process = subprocess.Popen(command, cwd=REPO, env=env, stdout=self._log_file, stderr=subprocess.STDOUT)
+        self.health = health
+
+    def wait_ready(self, timeout: float = 120.0) -> Process:
+        import httpx2
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.log.name} exited with {self.process.returncode}:\n{self.log.read_text()}")
+            try:
+                if httpx2.get(self.url + self.health, timeout=2).status_code == 200:
+                    return self
+            except httpx2.TransportError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"not ready after {timeout}s:\n{self.log.read_text()}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log_file.close()
+
+
+@pytest.fixture(scope="session")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """`python -m inference_worker serve` on a tiny random OPT, with a secret file."""
+    root = tmp_path_factory.mktemp("engine")
+    checkpoint_dir = build_engine_checkpoint(root / "tiny-opt")
+    secret = write_secret(root)
+    port = free_port()
+    command = [
+        sys.executable, "-m", "inference_worker", "serve", str(checkpoint_dir), "--port", str(port),
+        "--secret-file", str(secret), "--threads", "1", "--kv-memory", "64MiB", "--log-level", "warning",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    process = Process(command, env=env, port=port, log=root / "engine.log", health="/health").wait_ready()
+    process.secret_file = secret  # type: ignore[attr-defined]
+    process.checkpoint_dir = checkpoint_dir  # type: ignore[attr-defined]
+    yield process
+    process.stop()
+
+
+# --- The portal under ASGI --------------------------------------------------------------------
+
+PORTAL_PREFIX = f"gwlive:{uuid.uuid4().hex[:10]}:"
+
+
+def _test_database_url() -> str:
+    from django.db import connection
+
+    base = urlsplit(os.environ["DATABASE_URL"])
+    return urlunsplit(base._replace(path="/" + connection.settings_dict["NAME"]))
+
+
+@pytest.fixture(scope="session")
+def portal(django_db_setup: Any, django_db_blocker: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The portal (`uvicorn portal.asgi:application`) on the test database and the real Redis."""
+    if not os.environ.get("DATABASE_URL", "").startswith("postgres") or not os.environ.get("REDIS_URL"):
+        pytest.skip("the live gateway tests need PostgreSQL and Redis (source var/services.env)")
+    with django_db_blocker.unblock():
+        database_url = _test_database_url()
+    root = tmp_path_factory.mktemp("portal")
+    port = free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "DB_CONN_MAX_AGE": "0",
+        "PORTAL_VAR_DIR": str(root),
+        "DEBUG": "0",
+        "GATEWAY_REDIS_PREFIX": PORTAL_PREFIX,
+        "GATEWAY_RECHECK_SECONDS": "1",
+        "GATEWAY_LEASE_SECONDS": "30",
+        "GATEWAY_TOKENS_PER_DAY": "1000000",
+        "GATEWAY_REQUESTS_PER_MINUTE": "1000",
+        "GATEWAY_MAX_CONCURRENT": "16",
+        "SITE_URL": f"http://127.0.0.1:{port}",
+    }
+    subprocess.run(
+        [sys.executable, "manage.py", "collectstatic", "--noinput", "-v", "0"], cwd=REPO, env=env, check=True
+    )  # the playground's script, served by whitenoise with DEBUG off
+    command = [
+        sys.executable, "-m", "uvicorn", "portal.asgi:application", "--host", "127.0.0.1", "--port", str(port),
+        "--log-level", "warning", "--no-access-log",
+    ]  # fmt: skip
+    process = Process(command, env=env, port=port, log=root / "portal.log", health="/healthz").wait_ready()
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def live_settings(settings: Any) -> Any:
+    """This process reads the same counters as the portal subprocess."""
+    settings.GATEWAY_REDIS_PREFIX = PORTAL_PREFIX
+    settings.GATEWAY_COUNTERS = "redis"
+    return settings
