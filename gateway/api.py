@@ -1,4 +1,5 @@
-"""The OpenAI-compatible API at the portal: `POST /v1/completions`, `GET /v1/models[/<id>]`.
+"""The OpenAI-compatible API at the portal: `POST /v1/completions`, `GET /v1/models[/<id>]`, and its
+description at `GET /v1/openapi.json` (`gateway.openapi`).
 
     client = openai.OpenAI(base_url="https://portal.example/v1", api_key="orp_...")
 
@@ -45,6 +46,7 @@ from access.models import User
 from gateway import errors, proxy
 from gateway.counters import Counters, get_counters, scope_of
 from gateway.models import UsageStatus
+from gateway.openapi import openapi_document
 from gateway.selectors import Admission, ReplicaTarget, access_recheck, completion_admission, user_models
 from gateway.services.usage import UsageDraft, usage_record
 
@@ -128,9 +130,21 @@ def parse_body(request: HttpRequest) -> dict[str, Any]:
         raise errors.bad_request("The request body is not valid JSON.", code="invalid_json") from None
     if not isinstance(body, dict):
         raise errors.bad_request("The request body must be a JSON object.", code="invalid_json")
+    try:
+        # JSON may escape a lone surrogate ("\ud800"): valid JSON, but no Unicode text; it could be
+        # neither stored nor passed on to the engine.
+        json.dumps(body, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        raise errors.bad_request(
+            "The request body holds a string that is not valid Unicode (an unpaired surrogate escape).",
+            code="invalid_json",
+        ) from None
     model = body.get("model")
     if not isinstance(model, str) or not model.strip():
         raise errors.bad_request("`model` is required: the id of a model from GET /v1/models.", param="model")
+    if "\x00" in model:
+        # No id holds one, and PostgreSQL text cannot: refuse it before any lookup or usage row.
+        raise errors.bad_request("`model` must not contain a NUL character.", param="model")
     stream = body.get("stream", False)
     if stream is not None and not isinstance(stream, bool):
         raise errors.bad_request("`stream` must be true or false.", param="stream")
@@ -300,6 +314,7 @@ class Completion:
         except Cut as cut:
             return self.refuse(cut.error, status=UsageStatus.CUT)
         except httpx2.HTTPError as error:
+            log.warning("engine %s failed reading a completion: %r", self.target.url if self.target else "-", error)
             failure = errors.GatewayError(
                 502, f"The engine failed: {type(error).__name__}.", type="server_error", code="bad_gateway"
             )
@@ -590,6 +605,14 @@ async def model_detail(request: HttpRequest, model: str) -> HttpResponseBase:
         if entry["id"] == model:
             return JsonResponse(entry)
     return errors.model_not_found(model).response()
+
+
+@csrf_exempt
+async def openapi_schema(request: HttpRequest) -> HttpResponseBase:
+    """`GET /v1/openapi.json`: the API's description (public: it holds nothing but the API's shape)."""
+    if request.method != "GET":
+        return _method_not_allowed("GET")
+    return JsonResponse(openapi_document(), json_dumps_params={"ensure_ascii": False})
 
 
 @csrf_exempt

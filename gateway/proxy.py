@@ -133,6 +133,7 @@ async def open_completion(
             )
             break  # it may have worked on the request: never send it twice
         except httpx2.HTTPError as error:
+            log.warning("replica %s failed to answer: %r", target.url, error)
             await give_up(
                 errors.GatewayError(
                     502, f"The engine failed: {type(error).__name__}.", type="server_error", code="bad_gateway"

@@ -11,6 +11,7 @@ urlpatterns = [
     path("v1/completions", api.completions, name="v1-completions"),
     path("v1/models", api.models, name="v1-models"),
     path("v1/models/<str:model>", api.model_detail, name="v1-model"),
+    path("v1/openapi.json", api.openapi_schema, name="v1-openapi"),
     path("v1/<path:rest>", api.not_found, name="v1-not-found"),
     # Users
     path("playground/", views.playground, name="playground"),

@@ -7,8 +7,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
 
-from inference_worker.sampling import MAX_LOGPROBS
-
+MAX_LOGPROBS = 20  # top alternatives per token a request may ask for
 MAX_N = 16
 MAX_STOP = 16
 

@@ -12,8 +12,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-MAX_LOGPROBS = 20
-
 
 @dataclass(frozen=True)
 class SamplingParams:

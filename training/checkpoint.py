@@ -307,7 +307,8 @@ def load_checkpoint(
     plan = sharding_plan(model)
 
     state: dict[str, Any] = {}
-    copies: list[tuple[torch.Tensor, torch.Tensor]] = []  # (load buffer, destination view)
+    # (load buffer, destination view) for the pieces that are strided views (a fused block split at tp > 1)
+    copies: list[tuple[torch.Tensor, torch.Tensor]] = []
     optimizer_state: dict[torch.Tensor, dict[str, torch.Tensor]] = {}
 
     def want(key: str, piece: Piece, destination: torch.Tensor) -> None:
@@ -319,6 +320,9 @@ def load_checkpoint(
             raise CheckpointMismatch(
                 f"{path}: {key} is {list(found_shape)} but this model needs {list(piece.global_shape)}"
             )
+        if destination.is_contiguous():
+            state[key] = _wrap(piece, destination, mesh)  # read straight into place
+            return
         buffer = torch.empty(piece.local.shape, dtype=piece.local.dtype, device=piece.local.device)
         state[key] = _wrap(piece, buffer, mesh)
         copies.append((buffer, destination))
@@ -335,7 +339,7 @@ def load_checkpoint(
             if scalar_key in available and len(getattr(available[scalar_key], "size", ())) == 0:
                 slots[state_name] = state[scalar_key] = torch.zeros((), dtype=torch.float32)
                 continue
-            value = torch.zeros_like(param)
+            value = torch.empty_like(param)  # every element is read from the checkpoint
             slots[state_name] = value
             for piece in pieces(value, plan[name], tp_size):
                 want(f"{prefix}{piece.key}/{state_name}", piece, piece.local)

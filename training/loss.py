@@ -137,8 +137,11 @@ class TrainModule(nn.Module):
         x, aux = hidden_states(model, input_ids, activation_checkpointing=self.activation_checkpointing)
         weight = model.embed.weight if model.lm_head is None else model.lm_head.weight  # (V_pad/tp, embed_dim)
         if tp.world_size == 1:
-            # One rank holds the whole head: torch's fused CE over the real rows only.
-            logits = F.linear(x, weight[: cfg.vocab_size])  # (B, T, V)
+            # One rank holds the whole head: torch's fused CE over the real rows only. Slice only when
+            # there are padding rows: even a slice that keeps everything records a backward that
+            # zero-fills and copies a full-size gradient.
+            head = weight[: cfg.vocab_size] if weight.shape[0] != cfg.vocab_size else weight
+            logits = F.linear(x, head)  # (B, T, V)
             ce_sum = F.cross_entropy(
                 logits.float().reshape(-1, cfg.vocab_size),
                 targets.reshape(-1),

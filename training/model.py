@@ -195,8 +195,7 @@ class OPTMLP(nn.Module):
         self.fc2 = RowParallelLinear(config.ffn_dim, config.n_embd, bias=True, tp=tp)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # In place: fc1's output is not needed again (relu's backward keeps its own output).
-        return self.fc2(F.relu(self.fc1(x), inplace=True))
+        return self.fc2(F.relu(self.fc1(x)))
 
 
 class SwiGLU(nn.Module):

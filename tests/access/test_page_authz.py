@@ -6,8 +6,6 @@ A new URL that is not listed here fails `test_every_page_is_in_the_matrix`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -18,6 +16,9 @@ from access.services.api_keys import api_key_create
 from access.services.audit import RequestMeta
 from access.services.reviews import application_approve
 from tests import factories
+from tests.authz import Route as Page
+from tests.authz import assert_outcome
+from tests.authz import no_args as _none
 
 PERSONAS = ("anonymous", "applicant", "other_applicant", "reviewer", "admin")
 OK = {200, 302, 400}  # 400: a POST with an empty body is refused as bad input, after authorization
@@ -29,18 +30,6 @@ SIGNED_IN = {"anonymous": "login", "applicant": "ok", "other_applicant": "ok", "
 OWNER_OR_REVIEWER = {"anonymous": "login", "applicant": "ok", "other_applicant": 404, "reviewer": "ok", "admin": "ok"}
 OWNER_ONLY = {"anonymous": "login", "applicant": "ok", "other_applicant": 404, "reviewer": 404, "admin": 404}
 REVIEWERS = {"anonymous": "login", "applicant": 403, "other_applicant": 403, "reviewer": "ok", "admin": "ok"}
-
-
-@dataclass(frozen=True)
-class Page:
-    name: str
-    method: str
-    args: Callable[[dict[str, Any]], list[Any]]
-    expect: dict[str, Any]
-
-
-def _none(objects: dict[str, Any]) -> list[Any]:
-    return []
 
 
 MATRIX = [
@@ -120,13 +109,4 @@ def test_page_authorization(page: Page, persona: str, objects: dict[str, Any], r
         client.force_login(request.getfixturevalue(persona))
     url = reverse(page.name, args=page.args(objects))
     response = getattr(client, page.method)(url)
-    expected = page.expect[persona]
-    login_url = reverse("login")
-    if expected == "login":
-        assert response.status_code == 302 and response["Location"].startswith(login_url), (url, response.status_code)
-    elif expected == "ok":
-        assert response.status_code in OK, (url, response.status_code)
-        if response.status_code == 302 and persona != "anonymous":
-            assert not response["Location"].startswith(login_url), (url, response["Location"])
-    else:
-        assert response.status_code == expected, (url, response.status_code)
+    assert_outcome(response, page.expect[persona], url=url, persona=persona, ok=OK)

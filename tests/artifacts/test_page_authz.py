@@ -9,19 +9,19 @@ here fails `test_every_artifacts_route_is_in_the_matrix`, which walks the whole 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from django.test import Client
-from django.urls import URLPattern, URLResolver, get_resolver, reverse
+from django.urls import reverse
 
 from artifacts.models import ReshardJob
 from artifacts.signing import sign_link
 from tests import factories
 from tests.artifacts.conftest import grant_access, make_checkpoint
+from tests.authz import Route, assert_outcome, routes_of_app
+from tests.authz import no_args as _none
 
 PERSONAS = ("anonymous", "applicant_no_grant", "holder", "other_applicant", "reviewer", "admin")
 OK = {200, 201, 302, 400}  # 400: a POST with an empty body is refused as bad input, after authorization
@@ -61,18 +61,6 @@ OPERATOR_OBJECT = {**OPERATOR_LISTS, "applicant_no_grant": 404, "holder": 404, "
 API_SIGNED_IN = {**SIGNED_IN, "anonymous": 401}
 API_GRANT_HOLDERS = {**GRANT_HOLDERS, "anonymous": 401}
 API_OPERATOR_OBJECT = {**OPERATOR_OBJECT, "anonymous": 401}
-
-
-@dataclass(frozen=True)
-class Route:
-    name: str
-    method: str
-    args: Callable[[dict[str, Any]], list[Any]]
-    expect: dict[str, Any]
-
-
-def _none(objects: dict[str, Any]) -> list[Any]:
-    return []
 
 
 def _checkpoint(objects: dict[str, Any]) -> list[Any]:
@@ -115,23 +103,8 @@ MATRIX = [
 ]
 
 
-def _artifacts_routes(patterns: list[Any], namespace: str = "") -> set[str]:
-    """Names of every route whose view lives in the artifacts app, wherever it is mounted."""
-    names: set[str] = set()
-    for pattern in patterns:
-        if isinstance(pattern, URLResolver):
-            inner = f"{namespace}{pattern.namespace}:" if pattern.namespace else namespace
-            names |= _artifacts_routes(pattern.url_patterns, inner)
-        elif isinstance(pattern, URLPattern):
-            view = getattr(pattern.callback, "view_class", None) or pattern.callback
-            if view.__module__.split(".")[0] == "artifacts":
-                assert pattern.name, f"artifacts route {pattern.pattern} has no name; name it and add it here"
-                names.add(namespace + pattern.name)
-    return names
-
-
 def test_every_artifacts_route_is_in_the_matrix() -> None:
-    assert _artifacts_routes(get_resolver().url_patterns) == {route.name for route in MATRIX}
+    assert routes_of_app("artifacts") == {route.name for route in MATRIX}
 
 
 @pytest.fixture
@@ -172,16 +145,7 @@ def test_route_authorization(
         response = client.post(url, {}, content_type="application/json")  # the API parses JSON only
     else:
         response = getattr(client, route.method)(url)
-    expected = route.expect[persona]
-    login_url = reverse("login")
-    if expected == "login":
-        assert response.status_code == 302 and response["Location"].startswith(login_url), (url, response.status_code)
-    elif expected == "ok":
-        assert response.status_code in OK, (url, response.status_code)
-        if response.status_code == 302 and persona != "anonymous":
-            assert not response["Location"].startswith(login_url), (url, response["Location"])
-    else:
-        assert response.status_code == expected, (url, response.status_code)
+    assert_outcome(response, route.expect[persona], url=url, persona=persona, ok=OK)
 
 
 @pytest.mark.parametrize("number", [0, 2**31, 2**63, 10**30], ids=str)

@@ -9,16 +9,16 @@ call ends in 503), the holder's grant. A new gateway route that is not listed he
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from django.test import Client
-from django.urls import URLPattern, URLResolver, get_resolver, reverse
+from django.urls import reverse
 
 from tests import factories
 from tests.artifacts.conftest import grant_access
+from tests.authz import Route, assert_outcome, routes_of_app
+from tests.authz import no_args as _none
 from tests.gateway.conftest import add_deployment, closed_port_url
 
 PERSONAS = ("anonymous", "applicant_no_grant", "holder", "other_applicant", "reviewer", "admin")
@@ -53,18 +53,6 @@ API_MODEL = {**dict.fromkeys(PERSONAS, 404), "anonymous": 401, "holder": 200}
 EVERYONE_404 = dict.fromkeys(PERSONAS, 404)
 
 
-@dataclass(frozen=True)
-class Route:
-    name: str
-    method: str
-    args: Callable[[dict[str, Any]], list[Any]]
-    expect: dict[str, Any]
-
-
-def _none(objects: dict[str, Any]) -> list[Any]:
-    return []
-
-
 def _deployment(objects: dict[str, Any]) -> list[Any]:
     return [objects["deployment"].pk]
 
@@ -73,6 +61,7 @@ MATRIX = [
     Route("v1-completions", "post", _none, API_COMPLETIONS),
     Route("v1-models", "get", _none, API_LIST),
     Route("v1-model", "get", lambda o: ["opt-175b"], API_MODEL),
+    Route("v1-openapi", "get", _none, dict.fromkeys(PERSONAS, 200)),  # public: the API's shape, no data
     Route("v1-not-found", "get", lambda o: ["chat/completions"], EVERYONE_404),
     Route("playground", "get", _none, USERS_OF_A_SERVED_MODEL),
     Route("my-usage", "get", _none, SIGNED_IN),
@@ -89,22 +78,8 @@ MATRIX = [
 ]
 
 
-def _gateway_routes(patterns: list[Any], namespace: str = "") -> set[str]:
-    names: set[str] = set()
-    for pattern in patterns:
-        if isinstance(pattern, URLResolver):
-            inner = f"{namespace}{pattern.namespace}:" if pattern.namespace else namespace
-            names |= _gateway_routes(pattern.url_patterns, inner)
-        elif isinstance(pattern, URLPattern):
-            view = getattr(pattern.callback, "view_class", None) or pattern.callback
-            if view.__module__.split(".")[0] == "gateway":
-                assert pattern.name, f"gateway route {pattern.pattern} has no name; name it and add it here"
-                names.add(namespace + pattern.name)
-    return names
-
-
 def test_every_gateway_route_is_in_the_matrix() -> None:
-    assert _gateway_routes(get_resolver().url_patterns) == {route.name for route in MATRIX}
+    assert routes_of_app("gateway") == {route.name for route in MATRIX}
 
 
 @pytest.fixture
@@ -142,16 +117,7 @@ def test_route_authorization(
         response = client.post(url, data=body, content_type="application/json")
     else:
         response = getattr(client, route.method)(url)
-    expected = route.expect[persona]
-    login_url = reverse("login")
-    if expected == "login":
-        assert response.status_code == 302 and response["Location"].startswith(login_url), (url, response.status_code)
-    elif expected == "ok":
-        assert response.status_code in OK, (url, response.status_code)
-        if response.status_code == 302 and persona != "anonymous":
-            assert not response["Location"].startswith(login_url), (url, response["Location"])
-    else:
-        assert response.status_code == expected, (url, response.status_code)
+    assert_outcome(response, route.expect[persona], url=url, persona=persona, ok=OK)
 
 
 @pytest.mark.parametrize("number", [0, 2**31, 2**63, 10**30], ids=str)

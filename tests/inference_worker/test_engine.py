@@ -3,6 +3,7 @@ batching, chunked prefill, preemption, shared prefix blocks, seeded sampling, st
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from _engine_helpers import (
 )
 from _tiny import hf_model
 
-from inference_worker import SamplingParams
+from inference_worker import SamplingParams, inspect_checkpoint
 
 MODELS = ["opt", "llama", "mixtral"]
 LENGTHS = [3, 17, 9, 30, 1]
@@ -184,3 +185,23 @@ def test_eos_ends_with_stop_and_max_tokens_with_length(checkpoints: dict[str, Pa
         decode = engine.tokenizer.decode
         assert decode(prompt) + sample_text(out[str(i)]) == decode(prompt + tokens)
     assert reasons == {"stop", "length"}, "the prompts should cover both ways of ending"
+
+
+@pytest.mark.parametrize("name", ["opt", "mixtral"])
+def test_a_native_checkpoint_serves_the_same_greedy_tokens(
+    checkpoints: dict[str, Path], tmp_path: Path, name: str
+) -> None:
+    """Our native layout (what reshard and training's export write), with the tokenizer beside it."""
+    from reshard import convert
+
+    native = tmp_path / "native"
+    convert(checkpoints[name], native, to="native", tp=1)
+    shutil.copy(checkpoints[name] / "tokenizer.json", native / "tokenizer.json")
+    info = inspect_checkpoint(native, tp_size=1)
+    assert info.format == "native"
+    hf = hf_model(name)
+    batch = prompts(2, LENGTHS)
+    engine = make_engine(native)
+    out = run_staggered(engine, [(0, p, GREEDY) for p in batch])
+    for i, prompt in enumerate(batch):
+        assert sample_tokens(out[str(i)]) == hf_greedy(hf, prompt, GREEDY.max_tokens), f"request {i}"
