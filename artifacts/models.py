@@ -44,6 +44,11 @@ class Checkpoint(models.Model):
     # The parsed --checksums list: {"kind", "unmatched": [names listed but not in the checkpoint]}.
     published_checksums = models.JSONField(null=True, blank=True)
     storage_prefix = models.CharField(max_length=500)
+    # A private checkpoint (e.g. a fine-tuning result): only its owner sees and downloads it, under the
+    # release's access rules. Null: public to everyone the release allows.
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="owned_checkpoints"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     verified_at = models.DateTimeField(null=True, blank=True)

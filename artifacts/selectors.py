@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from django.db.models import Count, Max, QuerySet, Sum
+from django.db.models import Count, Max, Q, QuerySet, Sum
 from django.http import Http404
 
 from access.errors import AccessRefused
@@ -32,6 +32,8 @@ def access_downloadable_checkpoint(*, actor: Any, checkpoint_id: Any) -> tuple[C
     checkpoint = _checkpoint_by_id(checkpoint_id)
     if checkpoint.state != CheckpointState.READY or not checkpoint.release.is_listed:
         raise Http404("No such checkpoint.")
+    if checkpoint.owner_id is not None and checkpoint.owner_id != getattr(actor, "pk", None):
+        raise Http404("No such checkpoint.")  # someone's private checkpoint (a fine-tuning result)
     decision = release_access_check(user=actor, release=checkpoint.release)
     if not decision.allowed:
         raise AccessRefused(decision, release=checkpoint.release)
@@ -45,11 +47,12 @@ def access_operator_checkpoint(*, actor: Any, checkpoint_id: Any) -> Checkpoint:
 
 
 def downloadable_checkpoints(*, user: Any) -> list[Checkpoint]:
-    """Ready checkpoints of releases the user may use now."""
+    """Ready checkpoints of releases the user may use now: the public ones and the user's own private ones."""
     if not (user and user.is_authenticated):
         return []
     checkpoints = list(
         Checkpoint.objects.filter(state=CheckpointState.READY, release__is_listed=True)
+        .filter(Q(owner__isnull=True) | Q(owner=user))
         .select_related("release__license")
         .annotate(file_count=Count("files"), total_size=Sum("files__size"))
         .order_by("release__sort_order", "release__slug", "variant")

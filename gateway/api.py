@@ -8,9 +8,11 @@ through, holds a coroutine, not a thread. Each request:
 
 1. authenticates: an `orp_` API key (`Authorization: Bearer`), or the session of a signed-in browser
    (the playground) with its CSRF token;
-2. is admitted (`selectors.completion_admission`, live rows): the model names a served release, the
-   caller may use it now (`release_access_check`), and is under its tokens-per-day quota; then the
-   counters: requests per minute and concurrent requests (`gateway.counters`);
+2. is admitted (`selectors.completion_admission`, live rows): the model names a served release (its
+   slug) or the caller's own served private checkpoint (`<release-slug>:<variant>`, a fine-tuning
+   result), the caller may use the release now (`release_access_check`), and is under its
+   tokens-per-day quota; then the counters: requests per minute and concurrent requests
+   (`gateway.counters`);
 3. goes to the replica with the fewest outstanding requests (`proxy.open_completion`);
 4. is watched: every GATEWAY_RECHECK_SECONDS the caller's access is read again (a revoked grant or key
    ends a stream within seconds) and the request's leases renewed;
@@ -47,7 +49,14 @@ from gateway import errors, proxy
 from gateway.counters import Counters, get_counters, scope_of
 from gateway.models import UsageStatus
 from gateway.openapi import openapi_document
-from gateway.selectors import Admission, ReplicaTarget, access_recheck, completion_admission, user_models
+from gateway.selectors import (
+    Admission,
+    ReplicaTarget,
+    ServedModel,
+    access_recheck,
+    completion_admission,
+    user_models,
+)
 from gateway.services.usage import UsageDraft, usage_record
 
 log = logging.getLogger(__name__)
@@ -215,8 +224,12 @@ class Completion:
     # The lease and the access check ------------------------------------------------------------
 
     async def recheck(self) -> errors.GatewayError | None:
+        checkpoint = self.admission.checkpoint
         error = await sync_to_async(access_recheck)(
-            user_id=self.caller.user.pk, api_key_id=self.caller.api_key_id, release_id=self.admission.release.pk
+            user_id=self.caller.user.pk,
+            api_key_id=self.caller.api_key_id,
+            release_id=self.admission.release.pk,
+            checkpoint_id=checkpoint.pk if checkpoint is not None else None,
         )
         if error is None:
             await self.counters.renew(
@@ -567,10 +580,20 @@ async def _record_refusal(draft: UsageDraft, error: errors.GatewayError) -> None
     await sync_to_async(usage_record)(draft)
 
 
-def _model_entry(release: Any) -> dict[str, Any]:
+def _model_entry(model: ServedModel) -> dict[str, Any]:
+    release = model.release
+    if model.checkpoint is not None:
+        # The caller's own fine-tuning result; `parent` names the base model (vLLM's field for adapters).
+        return {
+            "id": model.id,
+            "object": "model",
+            "created": calendar.timegm(model.checkpoint.created_at.utctimetuple()),
+            "owned_by": model.checkpoint.owner.email if model.checkpoint.owner else "",
+            "parent": release.slug,
+        }
     card = getattr(release, "model_card", None) if hasattr(release, "model_card") else None
     return {
-        "id": release.slug,
+        "id": model.id,
         "object": "model",
         "created": calendar.timegm(card.release_date.timetuple()) if card is not None else 0,
         "owned_by": release.family.organization,
@@ -578,12 +601,13 @@ def _model_entry(release: Any) -> dict[str, Any]:
 
 
 def _models(user: Any) -> list[dict[str, Any]]:
-    return [_model_entry(release) for release in user_models(user=user)]
+    return [_model_entry(model) for model in user_models(user=user)]
 
 
 @csrf_exempt
 async def models(request: HttpRequest) -> HttpResponseBase:
-    """The models the caller may use now: served releases whose access check passes."""
+    """The models the caller may use now: served releases whose access check passes, and the caller's
+    own served private checkpoints of such releases."""
     if request.method != "GET":
         return _method_not_allowed("GET")
     try:

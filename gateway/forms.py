@@ -13,7 +13,8 @@ from artifacts.models import Checkpoint, CheckpointState
 
 class CheckpointChoiceField(forms.ModelChoiceField):
     def label_from_instance(self, obj: Any) -> str:
-        return f"#{obj.pk} {obj.release.slug}/{obj.variant} (tp {obj.tp_size})"
+        owner = f", private to {obj.owner.email}" if obj.owner_id is not None else ""
+        return f"#{obj.pk} {obj.release.slug}/{obj.variant} (tp {obj.tp_size}{owner})"
 
 
 class DeploymentAddForm(forms.Form):
@@ -22,9 +23,12 @@ class DeploymentAddForm(forms.Form):
     )
     checkpoint = CheckpointChoiceField(
         queryset=Checkpoint.objects.filter(state=CheckpointState.READY)
-        .select_related("release")
+        .select_related("release", "owner")
         .order_by("release__slug", "variant"),
-        help_text="A ready checkpoint of the release; the engines serve its files.",
+        help_text=(
+            "A ready checkpoint of the release; the engines serve its files. A private one (a fine-tuning "
+            "result) is served to its owner only, as model <release>:<variant>."
+        ),
     )
     urls = forms.CharField(
         label="Engine URLs",

@@ -19,6 +19,16 @@ class ReplicaStatus(models.TextChoices):
 SERVABLE_REPLICA_STATUSES = (ReplicaStatus.HEALTHY, ReplicaStatus.UNKNOWN)
 
 
+# A private checkpoint (a fine-tuning result, `Checkpoint.owner` set) is served under a model id of its
+# own, `<release-slug>:<variant>` (e.g. `opt-175b:ft-12`), to its owner only; a release's public
+# checkpoints are served under the release's slug. Slugs hold no colon, so the two never collide.
+PRIVATE_MODEL_SEPARATOR = ":"
+
+
+def private_model_id(*, release_slug: str, variant: str) -> str:
+    return f"{release_slug}{PRIVATE_MODEL_SEPARATOR}{variant}"
+
+
 class Deployment(models.Model):
     """One engine deployment: a checkpoint of a release served by one or more identical replicas.
 
@@ -52,6 +62,18 @@ class Deployment(models.Model):
     @property
     def is_removed(self) -> bool:
         return self.removed_at is not None
+
+    @property
+    def is_private(self) -> bool:
+        """Serves a private checkpoint: to its owner only, under `model_id`."""
+        return self.checkpoint.owner_id is not None
+
+    @property
+    def model_id(self) -> str:
+        """The `model` callers name: the release's slug, or `<release-slug>:<variant>` when private."""
+        if self.is_private:
+            return private_model_id(release_slug=self.release.slug, variant=self.checkpoint.variant)
+        return self.release.slug
 
 
 class Replica(models.Model):

@@ -78,10 +78,17 @@ MODEL_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["id", "object", "created", "owned_by"],
     "properties": {
-        "id": {"type": "string", "description": "The release's slug, the `model` of a completion request."},
+        "id": {
+            "type": "string",
+            "description": (
+                "The `model` of a completion request: a release's slug, or `<release-slug>:<variant>` for your "
+                "own fine-tuned checkpoint of it."
+            ),
+        },
         "object": {"const": "model"},
         "created": {"type": "integer"},
         "owned_by": {"type": "string"},
+        "parent": {"type": "string", "description": "Fine-tuned models only: the base release's slug."},
     },
 }
 
@@ -111,7 +118,8 @@ def _completion_request_schemas() -> dict[str, Any]:
     )
     schema["properties"]["model"] = {
         **schema["properties"]["model"],
-        "description": "The id of a model you may use, from GET /v1/models (a release's slug).",
+        "description": "The id of a model you may use, from GET /v1/models (a release's slug, or "
+        "`<release-slug>:<variant>` for your own fine-tuned checkpoint).",
     }
     return {"CompletionRequest": schema, **nested}
 

@@ -6,6 +6,11 @@ Guarded rows have one door each:
 - `access_recheck`: the same access question again, for a request already running;
 - `access_deployment`: a deployment, for operators (404 for anyone else);
 - `access_limits_grant`: a grant whose limits an operator edits.
+
+Model ids: a release's public checkpoints are served under the release's slug, to everyone the
+release allows; a private checkpoint (a fine-tuning result) under `<release-slug>:<variant>`
+(`gateway.models.private_model_id`), to its owner only, while the owner may use the release. Anyone
+else gets 404 for it, as for a model that does not exist. Both share the release's quotas.
 """
 
 from __future__ import annotations
@@ -23,13 +28,16 @@ from django.utils import timezone
 
 from access.models import ApiKey, Grant, Release, User
 from access.selectors import is_reviewer, release_access_check
+from artifacts.models import Checkpoint
 from gateway import errors
 from gateway.models import (
+    PRIVATE_MODEL_SEPARATOR,
     SERVABLE_REPLICA_STATUSES,
     Deployment,
     GrantLimits,
     Replica,
     UsageRecord,
+    private_model_id,
 )
 
 # --- Who may do what ---------------------------------------------------------------------------
@@ -50,7 +58,7 @@ def can_manage_deployments(user: Any, action: str = "add") -> bool:
 
 
 def operator_deployments(*, include_removed: bool = False) -> QuerySet[Deployment]:
-    queryset = Deployment.objects.select_related("release", "checkpoint").prefetch_related(
+    queryset = Deployment.objects.select_related("release", "checkpoint__owner").prefetch_related(
         Prefetch("replicas", queryset=Replica.objects.order_by("pk"))
     )
     if not include_removed:
@@ -92,14 +100,19 @@ class ReplicaTarget:
     max_context: int | None
 
 
-def serving_targets(release: Release) -> list[ReplicaTarget]:
-    """Replicas that may take a new request for `release`: not removed, not draining, not failing."""
+def serving_targets(release: Release, *, checkpoint: Checkpoint | None = None) -> list[ReplicaTarget]:
+    """Replicas that may take a new request for `release`'s public model (`checkpoint` None) or for the
+    private `checkpoint`: not removed, not draining, not failing."""
     replicas = Replica.objects.filter(
         deployment__release=release,
         deployment__removed_at__isnull=True,
         deployment__draining=False,
         status__in=SERVABLE_REPLICA_STATUSES,
     ).select_related("deployment")
+    if checkpoint is None:
+        replicas = replicas.filter(deployment__checkpoint__owner__isnull=True)
+    else:
+        replicas = replicas.filter(deployment__checkpoint=checkpoint)
     return [
         ReplicaTarget(
             replica_id=replica.pk,
@@ -114,20 +127,75 @@ def serving_targets(release: Release) -> list[ReplicaTarget]:
 
 
 def served_releases() -> QuerySet[Release]:
-    """Listed releases with at least one deployment that takes requests."""
+    """Listed releases with at least one deployment of a public checkpoint that takes requests."""
     return (
-        Release.objects.filter(is_listed=True, deployments__removed_at__isnull=True, deployments__draining=False)
+        Release.objects.filter(
+            is_listed=True,
+            deployments__removed_at__isnull=True,
+            deployments__draining=False,
+            deployments__checkpoint__owner__isnull=True,
+        )
         .select_related("license", "family")
         .distinct()
         .order_by("family__name", "sort_order", "pk")
     )
 
 
-def user_models(*, user: Any) -> list[Release]:
-    """The served releases `user` may call now (the `/v1/models` list and the playground's picker)."""
+def served_private_checkpoints(*, owner: Any) -> QuerySet[Checkpoint]:
+    """`owner`'s private checkpoints of listed releases with a deployment that takes requests."""
+    return (
+        Checkpoint.objects.filter(
+            owner=owner,
+            release__is_listed=True,
+            deployments__removed_at__isnull=True,
+            deployments__draining=False,
+        )
+        .select_related("release__license", "release__family", "owner")
+        .distinct()
+        .order_by("release__family__name", "release__sort_order", "release__pk", "variant")
+    )
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """One entry of `/v1/models` and of the playground's picker."""
+
+    release: Release
+    checkpoint: Checkpoint | None = None  # a private checkpoint (its owner's); None: the release's public model
+
+    @property
+    def id(self) -> str:
+        if self.checkpoint is None:
+            return self.release.slug
+        return private_model_id(release_slug=self.release.slug, variant=self.checkpoint.variant)
+
+    @property
+    def name(self) -> str:
+        if self.checkpoint is None:
+            return self.release.name
+        return f"{self.release.name}, {self.checkpoint.label or self.checkpoint.variant} (yours)"
+
+
+def user_models(*, user: Any) -> list[ServedModel]:
+    """The models `user` may call now (the `/v1/models` list and the playground's picker): served
+    releases whose access check passes, then the user's own served private checkpoints of releases
+    whose access check passes."""
     if not (user and user.is_authenticated):
         return []
-    return [release for release in served_releases() if release_access_check(user=user, release=release).allowed]
+    allowed: dict[int, bool] = {}
+
+    def may_use(release: Release) -> bool:
+        if release.pk not in allowed:
+            allowed[release.pk] = release_access_check(user=user, release=release).allowed
+        return allowed[release.pk]
+
+    public = [ServedModel(release=release) for release in served_releases() if may_use(release)]
+    private = [
+        ServedModel(release=checkpoint.release, checkpoint=checkpoint)
+        for checkpoint in served_private_checkpoints(owner=user)
+        if may_use(checkpoint.release)
+    ]
+    return public + private
 
 
 # --- Limits -----------------------------------------------------------------------------------
@@ -187,19 +255,49 @@ class Admission:
     limits: Limits
     tokens_used_today: int
     targets: list[ReplicaTarget]
+    checkpoint: Checkpoint | None = None  # the private checkpoint `model` names; None: the release's model
+
+
+def _model_of(*, user: User, model: str) -> tuple[Release, Checkpoint | None] | None:
+    """The release (and private checkpoint) `model` names for `user`, if it is served: a release's slug
+    with a deployment of a public checkpoint, or `<slug>:<variant>` of the user's own private checkpoint
+    with a deployment. None for anything else, someone else's private checkpoint included."""
+    slug, separator, variant = model.partition(PRIVATE_MODEL_SEPARATOR)
+    if not separator:
+        release = Release.objects.select_related("license").filter(slug=slug, is_listed=True).first()
+        if (
+            release is None
+            or not release.deployments.filter(removed_at__isnull=True, checkpoint__owner__isnull=True).exists()
+        ):
+            return None
+        return release, None
+    checkpoint = (
+        Checkpoint.objects.select_related("release__license")
+        .filter(
+            release__slug=slug,
+            release__is_listed=True,
+            variant=variant,
+            owner=user,
+            deployments__removed_at__isnull=True,
+        )
+        .first()
+    )
+    return (checkpoint.release, checkpoint) if checkpoint is not None else None
 
 
 def completion_admission(*, user: User, model: str, now: datetime | None = None) -> Admission:
     """May `user` send `model` a completion now? Reads live rows on every call.
 
-    Raises the API's error: 404 unknown or unserved model, 403 no access (the access decision's reason
-    as the code), 429 tokens_per_day, 503 no replica takes requests. The request-rate and concurrency
-    limits are counted by `gateway.counters`, outside the database.
+    Raises the API's error: 404 unknown or unserved model (or another user's private one), 403 no
+    access (the access decision's reason as the code), 429 tokens_per_day, 503 no replica takes
+    requests. The request-rate and concurrency limits are counted by `gateway.counters`, outside the
+    database. A private model shares its release's quotas.
     """
     now = now or timezone.now()
-    release = Release.objects.select_related("license").filter(slug=model, is_listed=True).first()
-    if release is None or not release.deployments.filter(removed_at__isnull=True).exists():
+    found = _model_of(user=user, model=model)
+    if found is None:
         raise errors.model_not_found(model)
+    release, checkpoint = found
     try:
         decision = release_access_check(user=user, release=release, now=now)
         if not decision.allowed:
@@ -214,22 +312,35 @@ def completion_admission(*, user: User, model: str, now: datetime | None = None)
                 f"today (UTC). It resets at {tomorrow:%Y-%m-%d %H:%M} UTC.",
                 retry_after=int((tomorrow - now).total_seconds()) + 1,
             )
-        targets = serving_targets(release)
+        targets = serving_targets(release, checkpoint=checkpoint)
         if not targets:
-            raise errors.unavailable(f"No engine for {release.slug} takes requests now; try again shortly.")
+            raise errors.unavailable(f"No engine for {model} takes requests now; try again shortly.")
     except errors.GatewayError as error:
         error.release_id = release.pk
         raise
-    return Admission(release=release, grant=decision.grant, limits=limits, tokens_used_today=used, targets=targets)
+    return Admission(
+        release=release,
+        grant=decision.grant,
+        limits=limits,
+        tokens_used_today=used,
+        targets=targets,
+        checkpoint=checkpoint,
+    )
 
 
-def access_recheck(*, user_id: int, api_key_id: int | None, release_id: int) -> errors.GatewayError | None:
-    """For a request already running: None while the caller still may use the release, else the error
-    to end it with (grant revoked or expired, key revoked, account disabled)."""
+def access_recheck(
+    *, user_id: int, api_key_id: int | None, release_id: int, checkpoint_id: int | None = None
+) -> errors.GatewayError | None:
+    """For a request already running: None while the caller still may use the release (and, for a
+    private model, still owns `checkpoint_id`), else the error to end it with (grant revoked or expired,
+    key revoked, account disabled)."""
     user = User.objects.filter(pk=user_id).first()
     release = Release.objects.select_related("license").filter(pk=release_id).first()
+    ended = errors.GatewayError(403, "Access ended.", type="permission_error", code="access_ended")
     if user is None or release is None:
-        return errors.GatewayError(403, "Access ended.", type="permission_error", code="access_ended")
+        return ended
+    if checkpoint_id is not None and not Checkpoint.objects.filter(pk=checkpoint_id, owner_id=user_id).exists():
+        return ended
     if api_key_id is not None:
         key = ApiKey.objects.filter(pk=api_key_id).first()
         if key is None or not key.is_usable:

@@ -66,7 +66,7 @@ def playground(request: HttpRequest) -> HttpResponse:
         "gateway/playground.html",
         {
             "models": models,
-            "selected": selected if any(m.slug == selected for m in models) else models[0].slug,
+            "selected": selected if any(m.id == selected for m in models) else models[0].id,
             "api_base": request.build_absolute_uri("/v1"),
         },
     )

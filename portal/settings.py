@@ -86,6 +86,7 @@ INSTALLED_APPS = [
     "artifacts",
     "jobs",
     "gateway",
+    "finetune",
 ]
 
 MIDDLEWARE = [
@@ -223,11 +224,34 @@ ARTIFACTS_RESHARD_MAX_ATTEMPTS = env_int("ARTIFACTS_RESHARD_MAX_ATTEMPTS", 3)
 ARTIFACTS_RESHARD_WORK_DIR = Path(env_str("ARTIFACTS_RESHARD_WORK_DIR", str(VAR_DIR / "reshard-work")))
 # Sources up to this size are also compared numerically (logits) with the output.
 ARTIFACTS_RESHARD_NUMERICS_MAX_BYTES = env_int("ARTIFACTS_RESHARD_NUMERICS_MAX_BYTES", 256 * 1024 * 1024)
+# Fine-tuning (the `finetune` app): uploads, tokenized datasets and run directories live under FINETUNE_DIR
+# (one file system every gpu worker sees: a requeued attempt resumes from the run's committed checkpoints).
+FINETUNE_DIR = Path(env_str("FINETUNE_DIR", str(VAR_DIR / "finetune")))
+# Keep it under nginx's client_max_body_size (deploy/nginx: 20m), or raise both.
+FINETUNE_DATASET_MAX_BYTES = env_int("FINETUNE_DATASET_MAX_BYTES", 16 * 1024 * 1024)
+# GPU-hours one user's jobs may use: finished attempts count what they used, queued and running jobs
+# count their whole time limit (gpus x max hours).
+FINETUNE_GPU_HOURS_PER_USER = env_int("FINETUNE_GPU_HOURS_PER_USER", 64)
+FINETUNE_MAX_HOURS_PER_JOB = env_int("FINETUNE_MAX_HOURS_PER_JOB", 24)
+FINETUNE_MAX_GPUS = env_int("FINETUNE_MAX_GPUS", 8)
+FINETUNE_MAX_STEPS = env_int("FINETUNE_MAX_STEPS", 100_000)
+# auto: cuda when the worker has a GPU, else cpu (gloo).
+FINETUNE_DEVICE = env_str("FINETUNE_DEVICE", "auto")
+# Flags added to every `python -m training train` of a job (e.g. "--activation-checkpointing", or a fault drill).
+FINETUNE_TRAIN_EXTRA_ARGS = env_list("FINETUNE_TRAIN_EXTRA_ARGS")
+FINETUNE_TRAIN_SOFT_TIME_LIMIT = FINETUNE_MAX_HOURS_PER_JOB * 3600 + 1800
+FINETUNE_TRAIN_TIME_LIMIT = FINETUNE_TRAIN_SOFT_TIME_LIMIT + 600
+FINETUNE_TOKENIZE_SOFT_TIME_LIMIT = env_int("FINETUNE_TOKENIZE_SOFT_TIME_LIMIT", 3600)
+FINETUNE_TOKENIZE_TIME_LIMIT = FINETUNE_TOKENIZE_SOFT_TIME_LIMIT + 300
+FINETUNE_STALE_SECONDS = env_int("FINETUNE_STALE_SECONDS", 600)
+FINETUNE_HEARTBEAT_SECONDS = env_int("FINETUNE_HEARTBEAT_SECONDS", 30)
+FINETUNE_MAX_ATTEMPTS = env_int("FINETUNE_MAX_ATTEMPTS", 5)
 # A queued job unclaimed this long has its task message sent again (a broker lost it).
 JOBS_REDISPATCH_SECONDS = env_int("JOBS_REDISPATCH_SECONDS", 3600)
 for _kind, _heartbeat, _stale in [
     ("ARTIFACTS_VERIFY", ARTIFACTS_VERIFY_HEARTBEAT_SECONDS, ARTIFACTS_VERIFY_STALE_SECONDS),
     ("ARTIFACTS_RESHARD", ARTIFACTS_RESHARD_HEARTBEAT_SECONDS, ARTIFACTS_RESHARD_STALE_SECONDS),
+    ("FINETUNE", FINETUNE_HEARTBEAT_SECONDS, FINETUNE_STALE_SECONDS),
 ]:
     if _stale < 3 * _heartbeat:
         raise ImproperlyConfigured(
@@ -242,7 +266,9 @@ if REDIS_URL:
     # Redis hands an unacknowledged message to another worker after the visibility timeout: it must
     # outlast the longest task (acks_late tasks are acknowledged at their end) plus a retry countdown.
     CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {
-        "visibility_timeout": max(CELERY_TASK_TIME_LIMIT, ARTIFACTS_VERIFY_TIME_LIMIT, ARTIFACTS_RESHARD_TIME_LIMIT)
+        "visibility_timeout": max(
+            CELERY_TASK_TIME_LIMIT, ARTIFACTS_VERIFY_TIME_LIMIT, ARTIFACTS_RESHARD_TIME_LIMIT, FINETUNE_TRAIN_TIME_LIMIT
+        )
         + 3600
     }
 else:
@@ -268,6 +294,8 @@ CELERY_TASK_ROUTES = {
     "artifacts.tasks.*": {"queue": "io"},
     "jobs.tasks.*": {"queue": "default"},
     "gateway.tasks.*": {"queue": "default"},
+    "finetune.tasks.run_training_job": {"queue": "gpu"},
+    "finetune.tasks.*": {"queue": "io"},
 }
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_TASK_EAGER_PROPAGATES = True

@@ -17,11 +17,13 @@ urlpatterns = [
     path("", include("artifacts.urls")),
     # The OpenAI-compatible API at /v1/ and the gateway pages.
     path("", include("gateway.urls")),
+    path("", include("finetune.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     # The split view serves its start-up script as a file, so the page runs under the CSP.
     path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="api-schema"), name="api-docs"),
     path("api/v1/", include("access.api.urls")),
     path("api/v1/", include("artifacts.api.urls")),
+    path("api/v1/", include("finetune.api.urls")),
 ]
 
 handler403 = "portal.views.forbidden"

@@ -21,6 +21,8 @@ mkdir -p "$VAR/log" "$EMAIL_FILE_PATH"
 $BIN/python manage.py migrate --noinput -v 0
 $BIN/python manage.py collectstatic --noinput -v 0
 $BIN/python manage.py seed_demo | tee "$VAR/log/seed.log"
+# One fine-tuning job on the demo checkpoint, queued for the worker below (a few CPU steps, done in seconds).
+$BIN/python manage.py seed_demo_finetune
 # The engine serves the demo OPT checkpoint (random weights, its own tokenizer) from local storage.
 ENGINE_SECRET="$VAR/engine-secrets/demo.secret"
 CHECKPOINT_DIR=$($BIN/python manage.py demo_engine prepare --secret-file "$ENGINE_SECRET")
@@ -77,6 +79,7 @@ sed -n '/^Demo logins/,$p' "$VAR/log/seed.log"
 echo
 echo "Portal: http://127.0.0.1:$PORT  ·  API docs: http://127.0.0.1:$PORT/api/docs/  ·  admin: /admin/"
 echo "Playground: http://127.0.0.1:$PORT/playground/ (as researcher@demo.local)  ·  OpenAI API: http://127.0.0.1:$PORT/v1"
+echo "Fine-tuning: http://127.0.0.1:$PORT/finetune/ (as researcher@demo.local)  ·  all jobs: /finetune/operator/"
 echo "Emails: one file per email in $EMAIL_FILE_PATH/"
 echo "Logs: $VAR/log/portal.log (portal), $VAR/log/worker.log (worker), $VAR/log/engine.log (engine). Stop with Ctrl-C."
 # Returns when a signal runs `stop`, or when uvicorn exits (a port already in use, say).

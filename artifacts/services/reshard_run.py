@@ -24,12 +24,10 @@ with backoff up to `ARTIFACTS_RESHARD_MAX_ATTEMPTS`.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 import shutil
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from django.conf import settings
 from django.db import transaction
@@ -39,13 +37,12 @@ from django.utils import timezone
 from access.services.audit import SYSTEM, audit_record
 from artifacts.models import (
     Checkpoint,
-    CheckpointFile,
     CheckpointFormat,
     CheckpointState,
-    ChecksumSource,
     ReshardFormat,
     ReshardJob,
 )
+from artifacts.services.files import HashingReader, create_checkpoint_files, materialise
 from artifacts.services.reshard import output_variant
 from artifacts.storage import StorageError, get_storage
 from jobs.kinds import JobKind, JobPolicy
@@ -59,7 +56,6 @@ OUTPUT_FORMATS = {
     ReshardFormat.HF: CheckpointFormat.HF,
     ReshardFormat.METASEQ: CheckpointFormat.METASEQ,
 }
-_HASH_CHUNK = 8 * 1024 * 1024
 
 
 def reshard_policy() -> JobPolicy:
@@ -202,7 +198,7 @@ def _run_claimed(claim: Claim[ReshardJob], work: Path, stored_keys: list[str]) -
     claim.set_phase("materialising")
     # Named like download.sh's default target folder: reshard records the folder name as the model name
     # (config.json), so converting a download by hand gives these very bytes.
-    src_dir = _materialise(rows, work / f"{source.release.slug}-{source.variant}", claim)
+    src_dir = materialise(rows, work / f"{source.release.slug}-{source.variant}", claim)
 
     claim.set_phase("converting")
     out_dir = work / "output"
@@ -234,7 +230,7 @@ def _run_claimed(claim: Claim[ReshardJob], work: Path, stored_keys: list[str]) -
         key = f"{prefix}/{info.path}"
         stored_keys.append(key)
         with open(out_dir / info.path, "rb") as handle:
-            reader = _HashingReader(handle)
+            reader = HashingReader(handle)
             storage.write_stream(key, reader, size=info.size)  # type: ignore[arg-type]
         if reader.sha256.hexdigest() != info.sha256:
             raise OSError(
@@ -295,23 +291,7 @@ def _publish(
             source_uri=f"reshard-job:{job.pk}",
             storage_prefix=prefix,
         )
-        CheckpointFile.objects.bulk_create(
-            [
-                CheckpointFile(
-                    checkpoint=checkpoint,
-                    path=path,
-                    size=size,
-                    sha256=sha256,
-                    md5=md5,
-                    expected_sha256=sha256,
-                    expected_md5=md5,
-                    expected_source=ChecksumSource.FIRST_VERIFICATION,
-                    storage_key=f"{prefix}/{path}",
-                    verified_at=now,
-                )
-                for path, size, sha256, md5 in stored
-            ]
-        )
+        create_checkpoint_files(checkpoint, prefix=prefix, stored=stored, now=now)
         claim.finish(
             JobStatus.SUCCEEDED,
             output=checkpoint,
@@ -326,56 +306,3 @@ def _publish(
             meta=SYSTEM,
             after={"job": job.pk, "source": source.pk, "files": len(stored)},
         )
-
-
-class _HashingReader:
-    """Hashes the bytes as storage reads them, so what was stored is what the manifest lists."""
-
-    def __init__(self, stream: IO[bytes]) -> None:
-        self._stream = stream
-        self.sha256 = hashlib.sha256()
-        self.md5 = hashlib.md5(usedforsecurity=False)
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._stream.read(size)
-        self.sha256.update(data)
-        self.md5.update(data)
-        return data
-
-
-def _materialise(rows: list[CheckpointFile], folder: Path, claim: Claim[ReshardJob]) -> Path:
-    """The source checkpoint as a folder reshard can open: symlinks to the stored files (local storage)
-    or downloads (S3; a complete download of the right size is kept for the next attempt)."""
-    storage = get_storage()
-    folder.mkdir(parents=True, exist_ok=True)
-    wanted = {row.path for row in rows}
-    for path in sorted(folder.rglob("*"), reverse=True):
-        relative = path.relative_to(folder).as_posix()
-        if (path.is_symlink() or path.is_file()) and relative not in wanted:
-            path.unlink()  # leftovers of earlier attempts (partial downloads, files since removed)
-    for row in rows:
-        claim.progress()  # stop here if the job was cancelled
-        target = folder / row.path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        local = storage.local_path(row.storage_key)
-        if local is not None:
-            if target.is_symlink() or target.exists():
-                target.unlink()
-            if not local.is_file():
-                raise OSError(f"{row.storage_key} is missing from local storage")
-            target.symlink_to(local)
-            continue
-        if target.is_file() and not target.is_symlink() and target.stat().st_size == row.size:
-            continue
-        partial = target.with_name(f".{target.name}.part")
-        stream = storage.open_read(row.storage_key)
-        try:
-            with open(partial, "wb") as out:
-                while chunk := stream.read(_HASH_CHUNK):
-                    out.write(chunk)
-        finally:
-            stream.close()
-        if partial.stat().st_size != row.size:
-            raise OSError(f"downloaded {partial.stat().st_size} bytes of {row.storage_key}, expected {row.size}")
-        os.replace(partial, target)
-    return folder

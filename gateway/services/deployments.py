@@ -97,7 +97,10 @@ def deployment_add(
 ) -> Deployment:
     """Register an engine (one or more replicas of it) serving `checkpoint` of `release`.
 
-    `actor` None is the management command (someone with a shell on the portal host)."""
+    A public checkpoint is served as the release's model (its slug) to everyone the release allows; a
+    private one (a fine-tuning result) as `<release-slug>:<variant>` to its owner only (`Deployment.model_id`,
+    `gateway.selectors.completion_admission`). `actor` None is the management command (someone with a
+    shell on the portal host)."""
     if actor is not None and not can_manage_deployments(actor, "add"):
         raise NotAllowed("Only superusers (or accounts given 'Can add deployment') can add engines.")
     if checkpoint.release_id != release.pk:
@@ -148,6 +151,8 @@ def deployment_add(
             after={
                 "release": release.slug,
                 "checkpoint": checkpoint.pk,
+                "model": deployment.model_id,
+                "owner": checkpoint.owner_id,
                 "urls": normalised,
                 "secret_file": path,
                 "tp_size": tp_size,

@@ -15,6 +15,7 @@ from access.models import AuditEvent
 from artifacts.models import CheckpointState
 from gateway.models import Deployment, Replica, ReplicaStatus
 from gateway.tasks import check_deployments
+from tests import factories
 from tests.artifacts.conftest import make_checkpoint
 from tests.gateway.conftest import add_deployment, closed_port_url, write_secret
 
@@ -95,6 +96,49 @@ def test_command_refuses_bad_input_naming_it(
             args["release"], *args["urls"], "--checkpoint", args["checkpoint"], "--secret-file", args["secret"], *extra
         )
     assert Deployment.objects.count() == (1 if case == "duplicate_url" else 0)
+
+
+def test_command_serves_a_private_checkpoint_under_its_own_model_id(
+    gated_release: Any, tmp_path: Path, secret_file: Path
+) -> None:
+    owner = factories.make_user("owner@uni-mannheim.de")
+    private = make_checkpoint(gated_release, tmp_path, variant="ft-12")
+    type(private).objects.filter(pk=private.pk).update(owner=owner)  # a fine-tuning result: its owner's only
+    output = command(
+        gated_release.slug, closed_port_url(), "--checkpoint", str(private.pk), "--secret-file", str(secret_file),
+        "--no-check",
+    )  # fmt: skip
+    deployment = Deployment.objects.get()
+    assert deployment.checkpoint == private and deployment.is_private and deployment.model_id == "opt-175b:ft-12"
+    assert "served as model 'opt-175b:ft-12' (private to owner@uni-mannheim.de)" in output
+    event = AuditEvent.objects.get(action="deployment.add")
+    assert event.after["model"] == "opt-175b:ft-12" and event.after["owner"] == owner.pk
+
+
+def test_admin_adds_a_private_checkpoint_on_the_page_and_the_list_shows_its_owner(
+    admin: Any, reviewer: Any, gated_release: Any, checkpoint: Any, secret_file: Path, tmp_path: Path
+) -> None:
+    owner = factories.make_user("owner@uni-mannheim.de")
+    private = make_checkpoint(gated_release, tmp_path, variant="ft-3")
+    type(private).objects.filter(pk=private.pk).update(owner=owner)
+    client = Client()
+    client.force_login(admin)
+    form_page = client.get("/gateway/deployments/add/")
+    assert b"opt-175b/ft-3 (tp 1, private to owner@uni-mannheim.de)" in form_page.content
+    added = client.post(
+        "/gateway/deployments/add/",
+        {"release": gated_release.slug, "checkpoint": private.pk, "urls": closed_port_url(),
+         "secret_file": str(secret_file), "tp_size": 1},
+    )  # fmt: skip
+    assert added.status_code == 302
+    detail = client.get(added["Location"])
+    assert b"<code>opt-175b:ft-3</code>" in detail.content and b"owner@uni-mannheim.de only" in detail.content
+    add_deployment(gated_release, checkpoint, [closed_port_url()], secret_file)  # a public one beside it
+    client.force_login(reviewer)
+    listing = client.get("/gateway/deployments/")
+    rows = {row["deployment"].model_id: row["deployment"] for row in listing.context["rows"]}
+    assert set(rows) == {"opt-175b", "opt-175b:ft-3"}
+    assert b"owner@uni-mannheim.de (private)" in listing.content and b"<code>opt-175b:ft-3</code>" in listing.content
 
 
 def test_a_removed_deployments_url_can_serve_a_new_one(gated_release: Any, checkpoint: Any, secret_file: Path) -> None:

@@ -309,3 +309,56 @@ def test_a_client_that_gives_up_on_a_plain_request_is_recorded(
     record = wait_for(lambda: UsageRecord.objects.filter(user=applicant).first())
     assert (record.status, record.http_status, record.usage_exact) == (UsageStatus.CLIENT_CLOSED, 499, False)
     assert record.prompt_tokens > 0 and record.latency_ms >= 1000
+
+
+# --- A private checkpoint (a fine-tuning result) ----------------------------------------------
+
+
+@pytest.fixture
+def private_deployment(engine: Any, portal: Any, applicant: Any, gated_release: Any, tmp_path: Any,
+                       live_settings: Any) -> Deployment:  # fmt: skip
+    checkpoint = make_checkpoint(gated_release, tmp_path, variant="ft-7")
+    type(checkpoint).objects.filter(pk=checkpoint.pk).update(owner=applicant)
+    checkpoint.refresh_from_db()
+    return add_deployment(gated_release, checkpoint, [engine.url], engine.secret_file)
+
+
+PRIVATE = "opt-175b:ft-7"
+
+
+def test_a_private_checkpoint_is_served_to_its_owner_only(
+    portal: Any, applicant: Any, other_applicant: Any, reviewer: Any, grant: Any, private_deployment: Any
+) -> None:
+    owner = client_for(portal, api_key_for(applicant)[1])
+    assert [model.id for model in owner.models.list()] == [PRIVATE]
+    completion = owner.completions.create(model=PRIVATE, prompt="hello world", max_tokens=4, temperature=0)
+    assert completion.model == PRIVATE and completion.usage.completion_tokens == 4
+    record = UsageRecord.objects.get(user=applicant)
+    assert (record.model, record.status, record.deployment_id) == (PRIVATE, "ok", private_deployment.pk)
+    assert record.deployment.checkpoint.owner_id == applicant.pk
+    # Another holder of the same release: the model does not exist for them, nor does the release's id
+    # reach the private engine.
+    grant_access(other_applicant, private_deployment.release, reviewer)
+    other = client_for(portal, api_key_for(other_applicant)[1])
+    assert list(other.models.list()) == []
+    for model in (PRIVATE, MODEL):
+        with pytest.raises(openai.NotFoundError):
+            other.completions.create(model=model, prompt="hi", max_tokens=2)
+
+
+def test_revoking_the_owners_grant_stops_a_private_stream(
+    portal: Any, applicant: Any, reviewer: Any, grant: Any, private_deployment: Any
+) -> None:
+    stream = client_for(portal, api_key_for(applicant)[1]).completions.create(
+        model=PRIVATE, prompt="hello", stream=True, **LONG
+    )
+    received = 0
+    with pytest.raises(openai.APIError) as stopped:
+        for chunk in stream:
+            assert chunk.model == PRIVATE
+            received += len(chunk.choices)
+            if received == 3:
+                grant_revoke(grant=grant, actor=reviewer, reason="misuse", meta=RequestMeta())
+    assert "revoked" in stopped.value.message and received < 1000
+    record = wait_for(lambda: UsageRecord.objects.filter(user=applicant).first())
+    assert (record.model, record.status, record.error_code) == (PRIVATE, UsageStatus.CUT, "grant_revoked")

@@ -1,7 +1,8 @@
 """`python manage.py deployment_add <release-slug> <engine-url> [<engine-url> ...] --checkpoint ID --secret-file F`
 
 Registers engines started with `python -m inference_worker serve ... --secret-file F` (or the same under
-`torchrun` for tp > 1) as a deployment of the release, and checks their health once.
+`torchrun` for tp > 1) as a deployment of the release, and checks their health once. A private checkpoint
+(a fine-tuning result) is served to its owner only, as model `<release-slug>:<variant>`.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ class Command(BaseCommand):
         if release is None:
             known = ", ".join(Release.objects.order_by("slug").values_list("slug", flat=True)) or "none"
             raise CommandError(f"No release {options['release']!r}. Known releases: {known}.")
-        checkpoint = Checkpoint.objects.select_related("release").filter(pk=options["checkpoint"]).first()
+        checkpoint = Checkpoint.objects.select_related("release", "owner").filter(pk=options["checkpoint"]).first()
         if checkpoint is None:
             raise CommandError(
                 f"No checkpoint #{options['checkpoint']}; see the checkpoints page or `import_checkpoint`."
@@ -54,7 +55,13 @@ class Command(BaseCommand):
             )
         except AccessError as error:
             raise CommandError(error.message) from None
-        self.stdout.write(f"Added {deployment} with {deployment.replicas.count()} replica(s).")
+        served_to = (
+            f"private to {checkpoint.owner.email}" if checkpoint.owner is not None else "every user of the release"
+        )
+        self.stdout.write(
+            f"Added {deployment} with {deployment.replicas.count()} replica(s), "
+            f"served as model {deployment.model_id!r} ({served_to})."
+        )
         if options["no_check"]:
             return
         deployments_check_health()
