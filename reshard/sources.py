@@ -12,10 +12,12 @@ straight from the source files when the source already stores exactly that shard
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -513,16 +515,19 @@ class MetaseqSource(Source):
                         raise FormatError(
                             f"{file}: unsupported shared parameter {info!r} (only the tied output projection is known)"
                         )
-            described = [(m.get("fsdp_path"), m.get("params")) for m in meta["param_metadata"]]
+            described = [
+                (
+                    m.get("fsdp_path"),
+                    {
+                        k: (v["names"], [list(x) for x in v["shapes"]], v["numels"])
+                        for k, v in (m.get("params") or {}).items()
+                    },
+                )
+                for m in meta["param_metadata"]
+            ]
             if first_meta is None:
                 first_meta = described
-            elif [
-                (p, {k: (v["names"], [list(x) for x in v["shapes"]], v["numels"]) for k, v in prm.items()})
-                for p, prm in described
-            ] != [
-                (p, {k: (v["names"], [list(x) for x in v["shapes"]], v["numels"]) for k, v in prm.items()})
-                for p, prm in first_meta
-            ]:
+            elif described != first_meta:
                 raise FormatError(
                     f"{file}: shard_metadata differs from shard 0 of the same part; shards of different "
                     f"checkpoints are mixed"
@@ -719,12 +724,28 @@ class StateSource(Source):
         return list(self._extra_files)
 
 
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Opening a metaseq checkpoint unpickles every shard's metadata: hundreds of thousands of small
+    objects, all kept until the source closes. The cyclic collector would walk them again and again
+    (a third of the time spent opening OPT-1.3B's 16 shards) for no garbage; paused, it walks them
+    once afterwards. Reference counting frees everything as usual."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def open_source(path: str | os.PathLike[str], *, arch: str | None = None) -> Source:
     path = Path(path)
     detected = detect(path)
     folder = path if path.is_dir() else path.parent
-    if detected.format == "native":
-        return NativeSource(folder, arch)
-    if detected.format == "hf":
-        return HFSource(folder, arch)
-    return MetaseqSource(path, arch)
+    with _gc_paused():
+        if detected.format == "native":
+            return NativeSource(folder, arch)
+        if detected.format == "hf":
+            return HFSource(folder, arch)
+        return MetaseqSource(path, arch)

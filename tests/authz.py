@@ -11,7 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import pytest
 from django.http import HttpResponseBase
+from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
 
@@ -40,6 +42,14 @@ def routes_of_app(app: str, patterns: list[Any] | None = None, namespace: str = 
                 assert pattern.name, f"{app} route {pattern.pattern} has no name; name it and add it to the matrix"
                 names.add(namespace + pattern.name)
     return names
+
+
+def client_as(persona: str, request: pytest.FixtureRequest) -> Client:
+    """A test client signed in as the persona (the fixture of that name), or anonymous."""
+    client = Client()
+    if persona != "anonymous":
+        client.force_login(request.getfixturevalue(persona))
+    return client
 
 
 def assert_outcome(response: HttpResponseBase, expected: Any, *, url: str, persona: str, ok: set[int]) -> None:

@@ -66,6 +66,20 @@ def admin(db: Any) -> Any:
     return User.objects.create_superuser("admin@release.example", PASSWORD, full_name="Ada Admin")
 
 
+# Personas of the authorization matrices (tests/<app>/test_*authz.py): someone who applied for the gated
+# release and was not yet decided, and the holder of a grant to it (`applicant`, once granted).
+@pytest.fixture
+def applicant_no_grant(db: Any, gated_release: Any) -> Any:
+    user = factories.make_user("carol@uni-mannheim.de", full_name="Carol Clark", affiliation="Mannheim")
+    factories.make_application(user, gated_release)  # applied, not decided
+    return user
+
+
+@pytest.fixture
+def holder(applicant: Any) -> Any:
+    return applicant
+
+
 @pytest.fixture
 def gated_release(db: Any) -> Any:
     return factories.make_release(slug="opt-175b", name="OPT-175B", gated=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from django.test import Client
 from django.urls import URLPattern, URLResolver, reverse
 
 from access.services.api_keys import api_key_create
@@ -17,7 +16,7 @@ from access.services.audit import RequestMeta
 from access.services.reviews import application_approve
 from tests import factories
 from tests.authz import Route as Page
-from tests.authz import assert_outcome
+from tests.authz import assert_outcome, client_as
 from tests.authz import no_args as _none
 
 PERSONAS = ("anonymous", "applicant", "other_applicant", "reviewer", "admin")
@@ -104,9 +103,7 @@ def objects(db: Any, applicant: Any, reviewer: Any, gated_release: Any) -> dict[
 @pytest.mark.parametrize("page", MATRIX, ids=lambda p: p.name)
 @pytest.mark.parametrize("persona", PERSONAS)
 def test_page_authorization(page: Page, persona: str, objects: dict[str, Any], request: pytest.FixtureRequest) -> None:
-    client = Client()
-    if persona != "anonymous":
-        client.force_login(request.getfixturevalue(persona))
+    client = client_as(persona, request)
     url = reverse(page.name, args=page.args(objects))
     response = getattr(client, page.method)(url)
     assert_outcome(response, page.expect[persona], url=url, persona=persona, ok=OK)

@@ -18,9 +18,8 @@ from django.urls import reverse
 
 from artifacts.models import ReshardJob
 from artifacts.signing import sign_link
-from tests import factories
 from tests.artifacts.conftest import grant_access, make_checkpoint
-from tests.authz import Route, assert_outcome, routes_of_app
+from tests.authz import Route, assert_outcome, client_as, routes_of_app
 from tests.authz import no_args as _none
 
 PERSONAS = ("anonymous", "applicant_no_grant", "holder", "other_applicant", "reviewer", "admin")
@@ -120,26 +119,12 @@ def objects(db: Any, tmp_path: Path, applicant: Any, other_applicant: Any, revie
     return {"checkpoint": checkpoint, "grant": grant, "token": token, "reshard_job": reshard_job}
 
 
-@pytest.fixture
-def applicant_no_grant(db: Any, gated_release: Any) -> Any:
-    user = factories.make_user("carol@uni-mannheim.de", full_name="Carol Clark", affiliation="Mannheim")
-    factories.make_application(user, gated_release)  # applied, not decided
-    return user
-
-
-@pytest.fixture
-def holder(applicant: Any) -> Any:
-    return applicant
-
-
 @pytest.mark.parametrize("route", MATRIX, ids=lambda r: f"{r.name}-{r.method}")
 @pytest.mark.parametrize("persona", PERSONAS)
 def test_route_authorization(
     route: Route, persona: str, objects: dict[str, Any], request: pytest.FixtureRequest
 ) -> None:
-    client = Client()
-    if persona != "anonymous":
-        client.force_login(request.getfixturevalue(persona))
+    client = client_as(persona, request)
     url = reverse(route.name, args=route.args(objects))
     if route.name.startswith("artifacts-api:") and route.method == "post":
         response = client.post(url, {}, content_type="application/json")  # the API parses JSON only

@@ -14,9 +14,8 @@ from django.urls import reverse
 
 from finetune.models import DatasetFormat, TrainingDataset, TrainingJob
 from jobs.models import JobStatus
-from tests import factories
 from tests.artifacts.conftest import grant_access, make_checkpoint
-from tests.authz import Route, assert_outcome, no_args, routes_of_app
+from tests.authz import Route, assert_outcome, client_as, no_args, routes_of_app
 
 PERSONAS = ("anonymous", "applicant_no_grant", "holder", "other_applicant", "reviewer", "admin")
 OK = {200, 201, 302, 400}  # 400: a POST with an empty body is refused as bad input, after authorization
@@ -108,18 +107,6 @@ def objects(db: Any, tmp_path: Path, applicant: Any, other_applicant: Any, revie
     return {"checkpoint": checkpoint, "dataset": dataset, "job": job}
 
 
-@pytest.fixture
-def applicant_no_grant(db: Any, gated_release: Any) -> Any:
-    user = factories.make_user("carol@uni-mannheim.de", full_name="Carol Clark", affiliation="Mannheim")
-    factories.make_application(user, gated_release)
-    return user
-
-
-@pytest.fixture
-def holder(applicant: Any) -> Any:
-    return applicant
-
-
 def _call(client: Client, route: Route, url: str) -> Any:
     if route.name == "finetune-api:training-datasets" and route.method == "post":
         return client.post(url, {})  # multipart, as uploads are
@@ -133,9 +120,7 @@ def _call(client: Client, route: Route, url: str) -> Any:
 def test_route_authorization(
     route: Route, persona: str, objects: dict[str, Any], request: pytest.FixtureRequest
 ) -> None:
-    client = Client()
-    if persona != "anonymous":
-        client.force_login(request.getfixturevalue(persona))
+    client = client_as(persona, request)
     url = reverse(route.name, args=route.args(objects))
     assert_outcome(_call(client, route, url), route.expect[persona], url=url, persona=persona, ok=OK)
 

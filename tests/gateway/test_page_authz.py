@@ -15,9 +15,8 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
-from tests import factories
 from tests.artifacts.conftest import grant_access
-from tests.authz import Route, assert_outcome, routes_of_app
+from tests.authz import Route, assert_outcome, client_as, routes_of_app
 from tests.authz import no_args as _none
 from tests.gateway.conftest import add_deployment, closed_port_url
 
@@ -91,26 +90,12 @@ def objects(
     return {"grant": grant, "deployment": deployment}
 
 
-@pytest.fixture
-def applicant_no_grant(db: Any, gated_release: Any) -> Any:
-    user = factories.make_user("carol@uni-mannheim.de", full_name="Carol Clark", affiliation="Mannheim")
-    factories.make_application(user, gated_release)  # applied, not decided
-    return user
-
-
-@pytest.fixture
-def holder(applicant: Any) -> Any:
-    return applicant
-
-
 @pytest.mark.parametrize("route", MATRIX, ids=lambda r: f"{r.name}-{r.method}")
 @pytest.mark.parametrize("persona", PERSONAS)
 def test_route_authorization(
     route: Route, persona: str, objects: dict[str, Any], request: pytest.FixtureRequest
 ) -> None:
-    client = Client()
-    if persona != "anonymous":
-        client.force_login(request.getfixturevalue(persona))
+    client = client_as(persona, request)
     url = reverse(route.name, args=route.args(objects))
     if route.name == "v1-completions":
         body = json.dumps({"model": "opt-175b", "prompt": "hello"})
