@@ -51,15 +51,8 @@ class Lockout:
     @property
     def message(self) -> str:
         unit = "minute" if self.minutes == 1 else "minutes"
-        if self.scope == "account":
-            return (
-                "Too many failed sign-in attempts for this account. "
-                f"Try again in {self.minutes} {unit}, or reset your password."
-            )
-        return (
-            "Too many failed sign-in attempts from your network. "
-            f"Try again in {self.minutes} {unit}, or reset your password."
-        )
+        source = "for this account" if self.scope == "account" else "from your network"
+        return f"Too many failed sign-in attempts {source}. Try again in {self.minutes} {unit}, or reset your password."
 
 
 def _hash(value: str) -> str:

@@ -160,7 +160,8 @@ class ReshardJob(Job):
     output = models.OneToOneField(
         Checkpoint, null=True, blank=True, on_delete=models.PROTECT, related_name="produced_by_reshard"
     )
-    # {"seconds", "parameter_count", "numerics": {...} | null, "reused_output": bool, ...}
+    # {"seconds", "parameter_count", "source_format", "architecture", "files", "bytes",
+    #  "verified": {"files_checked", "numerics": {...} | null, "numerics_skipped": str | null}}
     report = models.JSONField(default=dict, blank=True)
 
     class Meta(Job.Meta):

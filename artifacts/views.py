@@ -27,6 +27,7 @@ from artifacts.services import links, reshard, verification
 from artifacts.services.downloads import DownloadRefused, download_redeem
 from artifacts.services.links import Bundle
 from artifacts.serving import download_response, refusal_response
+from jobs.models import JobStatus
 
 
 def _link_path(token: str) -> str:
@@ -264,7 +265,7 @@ def reshard_job_cancel(request: HttpRequest, job_id: int) -> HttpResponse:
     except AccessError as error:
         messages.error(request, error.message)
     else:
-        if job.status == "cancelled":
+        if job.status == JobStatus.CANCELLED:
             messages.success(request, f"Reshard job #{job.pk} cancelled.")
         else:
             messages.info(request, f"Reshard job #{job.pk} will stop at its next heartbeat and remove what it stored.")

@@ -306,30 +306,6 @@ def overload(path: Path, max_waiting: int, threads: int) -> dict[str, Any]:
 PORTAL_RELEASE = "opt-175b"  # the release the seeded researcher holds a grant to
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_http(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 300.0) -> None:
-    import httpx2 as httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{log} : exited with {process.returncode}:\n{log.read_text()[-4000:]}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} not ready after {timeout:.0f}s; see {log}")
-
-
 def seed_portal(root: Path) -> None:
     """Runs in a child process configured for the throwaway portal (``--seed-portal``): the rows a
     grant holder's API call needs, made through the services (and the tests' factories, which call
@@ -500,6 +476,8 @@ def gateway_stack(path: Path, threads: int, database: str) -> Iterator[dict[str,
     each as (URL of /v1/completions, headers, model), and the portal's environment."""
     import secrets
 
+    from tests.inference_worker._server import ServerProcess, free_port
+
     root = REPO / "var" / "bench" / "gateway"
     root.mkdir(parents=True, exist_ok=True)
     secret_file = root / "engine.secret"
@@ -507,15 +485,7 @@ def gateway_stack(path: Path, threads: int, database: str) -> Iterator[dict[str,
     secret_file.chmod(0o600)
     engine_port, portal_port = free_port(), free_port()
     engine_url, portal_url = f"http://127.0.0.1:{engine_port}", f"http://127.0.0.1:{portal_port}"
-    processes: list[subprocess.Popen[bytes]] = []
-    logs: list[Any] = []
-
-    def start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-        handle = log.open("w")
-        logs.append(handle)
-        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT)
-        processes.append(process)
-        return process
+    servers: list[ServerProcess] = []
 
     db = PortalDatabase(database, root)
     env = portal_env(root, portal_port, db.url)
@@ -527,7 +497,11 @@ def gateway_stack(path: Path, threads: int, database: str) -> Iterator[dict[str,
             "--secret-file", str(secret_file), "--threads", str(threads), "--max-batch-tokens", "512",
             "--max-running", "256", "--max-waiting", "1024", "--kv-memory", "4GiB", "--log-level", "warning",
         ]  # fmt: skip
-        engine = start(engine_command, {**os.environ, "PYTHONPATH": str(REPO)}, root / "engine.log")
+        engine_env = {**os.environ, "PYTHONPATH": str(REPO)}
+        engine = ServerProcess(
+            engine_command, env=engine_env, port=engine_port, log=root / "engine.log", health="/health"
+        )
+        servers.append(engine)
         manage = [sys.executable, "manage.py"]
         subprocess.run([*manage, "migrate", "--noinput", "-v", "0"], cwd=REPO, env=env, check=True)
         seeded = subprocess.run(
@@ -535,18 +509,19 @@ def gateway_stack(path: Path, threads: int, database: str) -> Iterator[dict[str,
             cwd=REPO, env=env, check=True, capture_output=True, text=True,
         )  # fmt: skip
         seed = json.loads(seeded.stdout.strip().splitlines()[-1])
-        portal = start(
+        portal = ServerProcess(
             [sys.executable, "-m", "uvicorn", "portal.asgi:application", "--host", "127.0.0.1", "--port",
              str(portal_port), "--log-level", "warning", "--no-access-log"],
-            env, root / "portal.log",
+            env=env, port=portal_port, log=root / "portal.log", health="/healthz",
         )  # fmt: skip
-        wait_http(f"{engine_url}/health", engine, root / "engine.log")
+        servers.append(portal)
+        engine.wait_ready(timeout=300)
         subprocess.run(
             [*manage, "deployment_add", PORTAL_RELEASE, engine_url, "--checkpoint", str(seed["checkpoint_id"]),
              "--secret-file", str(secret_file)],
             cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL,
         )  # fmt: skip
-        wait_http(f"{portal_url}/healthz", portal, root / "portal.log")
+        portal.wait_ready(timeout=300)
         print(f"gateway: engine and portal ready in {time.perf_counter() - setup:.0f}s", flush=True)
         yield {
             "direct": (
@@ -559,16 +534,8 @@ def gateway_stack(path: Path, threads: int, database: str) -> Iterator[dict[str,
             "env": env,
         }
     finally:
-        for process in reversed(processes):
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
-        for handle in logs:
-            handle.close()
+        for server in reversed(servers):
+            server.stop()
         db.drop()
         if env.get("REDIS_URL"):
             import redis

@@ -1,6 +1,6 @@
 """Training speed, checkpoint cost and time lost per fault, against the peers, in one run.
 
-1. Tokens/s of our training step (the trainer's own ``_Session.step``: forward, loss, backward,
+1. Tokens/s of our training step (the trainer's own ``Session.step``: forward, loss, backward,
    global gradient norm, clipping, AdamW) on a random OPT-125M-shape model at tp=1, against
    transformers' ``OPTForCausalLM`` with ``torch.optim.AdamW`` and ``clip_grad_norm_`` on the same
    weights and the same batches, fp32 on CPU; the two alternate step by step (A B, B A, ...) after
@@ -49,10 +49,10 @@ sys.path.insert(0, str(REPO))
 
 import training  # noqa: E402
 from training.checkpoint import committed_checkpoints  # noqa: E402
-from training.data import TokenFileWriter, local_batch  # noqa: E402
+from training.data import TokenFileWriter  # noqa: E402
 from training.logbook import Logbook, read_logbook  # noqa: E402
 from training.mesh import close_mesh, init_mesh  # noqa: E402
-from training.trainer import TrainConfig, _Session, validate  # noqa: E402
+from training.trainer import Session, TrainConfig, validate  # noqa: E402
 
 EOS = 2
 NEVER = 10**9  # --steps and --save-every of the in-process runs: no save or export while timing
@@ -99,16 +99,16 @@ def train_config(model: str, data: Path, out: Path, opts: dict[str, Any], *, tp:
     )
 
 
-def session_for(config: TrainConfig, *, world_size: int) -> _Session:
+def session_for(config: TrainConfig, *, world_size: int) -> Session:
     """The trainer's own session, built as ``train`` builds it (random init from the seed)."""
     plan = validate(config, world_size=world_size)
     mesh = init_mesh(config.tp, device="cpu")
-    session = _Session(plan, mesh, Logbook(config.out, enabled=mesh.is_main))
+    session = Session(plan, mesh, Logbook(config.out, enabled=mesh.is_main))
     session.build(from_checkpoint=False)
     return session
 
 
-def peer_for(session: _Session, hf_dir: Path) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+def peer_for(session: Session, hf_dir: Path) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
     """transformers' model on our session's weights (written once in transformers' layout) and
     torch's AdamW with the trainer's hyperparameters and decay groups."""
     import transformers
@@ -150,29 +150,15 @@ def peer_step_fn(
     return step
 
 
-def next_batch(session: _Session) -> tuple[torch.Tensor, torch.Tensor]:
-    """The batch the session's next step will read (same sampler, same position)."""
-    c, mesh = session.config, session.mesh
-    return local_batch(
-        session.data,
-        session.sampler,
-        position=session.state.samples,
-        global_batch=c.batch_size,
-        seq_len=c.seq_len,
-        dp_rank=mesh.dp_rank,
-        dp_size=mesh.dp_size,
-    )
-
-
 def step_losses(run_dir: Path) -> list[float]:
     return [e["loss"] for e in read_logbook(run_dir) if e["event"] == "step"]
 
 
-def profile_steps(session: _Session, peer_step: Callable[[torch.Tensor, torch.Tensor], float], rows: int) -> None:
+def profile_steps(session: Session, peer_step: Callable[[torch.Tensor, torch.Tensor], float], rows: int) -> None:
     from torch.profiler import ProfilerActivity, profile
 
     for label in ("ours", "transformers"):
-        inputs, targets = next_batch(session)
+        inputs, targets = session.next_batch()
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             if label == "ours":
                 session.step()
@@ -197,7 +183,7 @@ def bench_tp1(model: str, data: Path, work: Path, opts: dict[str, Any]) -> dict[
         peer_losses: list[float] = []
         total = opts["warmup"] + opts["iters"]
         for rep in range(total):
-            inputs, targets = next_batch(session)
+            inputs, targets = session.next_batch()
             order = ("ours tp=1", "transformers") if rep % 2 == 0 else ("transformers", "ours tp=1")
             for label in order:
                 start = time.perf_counter()
@@ -231,7 +217,7 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def bench_checkpoint(session: _Session, work: Path, rounds: int) -> dict[str, Any]:
+def bench_checkpoint(session: Session, work: Path, rounds: int) -> dict[str, Any]:
     """Our save (DCP + marker + atomic rename, via the trainer) and restore against torch.save /
     torch.load of the same model + optimizer state; rounds interleaved, outputs removed between."""
     model, optimizer = session.model, session.optimizer

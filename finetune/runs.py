@@ -100,16 +100,18 @@ TRAINING_JOBS = JobKind(
 )
 
 
-class _Permanent(Exception):
+class _Fault(Exception):
     def __init__(self, message: str, *, exit_code: int | None = None) -> None:
         super().__init__(message)
         self.exit_code = exit_code
 
 
-class _Transient(Exception):
-    def __init__(self, message: str, *, exit_code: int | None = None) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
+class _Permanent(_Fault):
+    """Running again cannot help: the job fails."""
+
+
+class _Transient(_Fault):
+    """Another attempt may succeed: the job is queued again, up to its policy's attempts."""
 
 
 def _finetune_dir() -> Path:

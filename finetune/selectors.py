@@ -14,7 +14,7 @@ from django.db.models import QuerySet, Sum
 from django.http import Http404
 
 from access.selectors import is_reviewer, release_access_check
-from artifacts.models import Checkpoint, CheckpointState
+from artifacts.models import Checkpoint
 from artifacts.selectors import downloadable_checkpoints
 from finetune.models import TrainingDataset, TrainingJob
 from jobs.models import ACTIVE_STATUSES, JobStatus
@@ -82,12 +82,6 @@ def trainable_checkpoints(*, user: Any) -> list[Checkpoint]:
     return downloadable_checkpoints(user=user)
 
 
-def ready_datasets_for(*, user: Any, checkpoint: Checkpoint) -> QuerySet[TrainingDataset]:
-    return TrainingDataset.objects.filter(
-        owner=user, status=JobStatus.SUCCEEDED, checkpoint__release_id=checkpoint.release_id
-    )
-
-
 def gpu_hours_used(*, user: Any, exclude_job_id: int | None = None) -> float:
     """What counts against the user's cap: GPU-hours finished attempts used, plus the whole time limit of
     every queued or running job (it may use all of it)."""
@@ -151,25 +145,3 @@ def job_eta_seconds(job: TrainingJob, events: list[dict[str, Any]]) -> float | N
     if not seconds:
         return None
     return seconds[len(seconds) // 2] * max(job.total_steps - job.step, 0)
-
-
-def job_progress(job: TrainingJob) -> dict[str, Any]:
-    """What the API and the live page show for one job."""
-    return {
-        "id": job.pk,
-        "status": job.status,
-        "phase": job.phase,
-        "step": job.step,
-        "total_steps": job.total_steps,
-        "percent": round(job.percent, 1),
-        "last_loss": job.last_loss,
-        "last_lr": job.last_lr,
-        "tokens_per_s": job.tokens_per_s,
-        "attempts": job.attempts,
-        "error": job.error_message,
-        "result": job.result_id,
-    }
-
-
-def result_checkpoints_ready(user: Any) -> QuerySet[Checkpoint]:
-    return Checkpoint.objects.filter(owner=user, state=CheckpointState.READY)

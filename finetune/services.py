@@ -161,9 +161,7 @@ def _first_int(config: dict[str, Any], *names: str) -> int | None:
     return None
 
 
-def _check_resources(
-    *, owner: User, tp: Any, gpus: Any, max_hours: Any, config: dict[str, Any]
-) -> tuple[int, int, float]:
+def _check_resources(*, tp: Any, gpus: Any, max_hours: Any, config: dict[str, Any]) -> tuple[int, int, float]:
     def whole(name: str, value: Any) -> int:
         try:
             number = int(value)
@@ -221,15 +219,12 @@ def training_job_submit(
         )
     config = _model_config(checkpoint)
     tp, gpus, hours = _check_resources(
-        owner=owner,
         tp=tp,
         gpus=gpus,
         max_hours=settings.FINETUNE_MAX_HOURS_PER_JOB if max_hours in (None, "") else max_hours,
         config=config,
     )
     context = _first_int(config, "max_position_embeddings", "n_positions", "max_seq_len")
-    if context is not None and config.get("model_type") == "opt" and "max_position_embeddings" in config:
-        context = int(config["max_position_embeddings"])
     cleaned = hp.clean(hyperparameters, dp=gpus // tp, context=context)
     cap = float(settings.FINETUNE_GPU_HOURS_PER_USER)
     with transaction.atomic():

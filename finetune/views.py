@@ -154,10 +154,14 @@ def operator_jobs(request: HttpRequest) -> HttpResponse:
     return render(request, "finetune/operator_jobs.html", {"jobs": selectors.all_training_jobs()[:500]})
 
 
+def _resumable_steps(job: TrainingJob) -> list[int]:
+    return services.committed_steps(job) if job.status in ("cancelled", "failed") else []
+
+
 def _operator_page(
     request: HttpRequest, job: TrainingJob, *, pause_form: Any = None, resume_form: Any = None, status: int = 200
 ) -> HttpResponse:
-    steps = services.committed_steps(job) if job.status in ("cancelled", "failed") else []
+    steps = _resumable_steps(job)
     return render(
         request,
         "finetune/job_detail.html",
@@ -200,8 +204,7 @@ def operator_pause(request: HttpRequest, job_id: int) -> HttpResponse:
 @require_POST
 def operator_resume(request: HttpRequest, job_id: int) -> HttpResponse:
     job = selectors.access_operator_training_job(actor=request.user, job_id=job_id)
-    steps = services.committed_steps(job) if job.status in ("cancelled", "failed") else []
-    form = ResumeForm(request.POST, steps=steps)
+    form = ResumeForm(request.POST, steps=_resumable_steps(job))
     if form.is_valid():
         try:
             services.training_job_resume(

@@ -47,7 +47,7 @@ class ContentSecurityPolicyMiddleware:
             header = (
                 "Content-Security-Policy-Report-Only"
                 if settings.CONTENT_SECURITY_POLICY_REPORT_ONLY
-                else ("Content-Security-Policy")
+                else "Content-Security-Policy"
             )
             # A view may set its own (stricter) policy; keep it.
             response.headers.setdefault(header, policy.replace(NONCE_PLACEHOLDER, nonce))

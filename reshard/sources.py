@@ -29,6 +29,7 @@ from reshard.errors import ArchitectureError, FormatError, MismatchError, UsageE
 from reshard.formats import (
     NATIVE_FORMAT,
     NATIVE_VERSION,
+    _listing,
     check_native_config,
     config_from_json,
     config_to_json,
@@ -58,11 +59,6 @@ TOKENIZER_FILES = (
     "gpt2-vocab.json",
     "gpt2-merges.txt",
 )
-
-
-def _listing(names: list[str], limit: int = 8) -> str:
-    shown = ", ".join(names[:limit])
-    return shown + (f" (and {len(names) - limit} more)" if len(names) > limit else "")
 
 
 def check_complete(
@@ -161,8 +157,9 @@ def read_native_config(path: Path) -> dict[str, Any]:
         meta = json.loads(file.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise FormatError(f"{file}: unreadable ({exc})") from None
-    if not isinstance(meta, dict) or meta.get("format") != NATIVE_FORMAT:
-        raise FormatError(f"{file}: not an {NATIVE_FORMAT} config (format={meta.get('format')!r})")
+    found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+    if found != NATIVE_FORMAT:
+        raise FormatError(f"{file}: not an {NATIVE_FORMAT} config (format={found!r})")
     check_native_config(meta, str(file))
     return meta
 

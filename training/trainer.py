@@ -398,7 +398,7 @@ def grad_norm(model: Transformer, plan: dict[str, Any]) -> torch.Tensor:
     return total.sqrt()
 
 
-class _Session:
+class Session:
     """One process's run of ``train``: built once, then steps until done."""
 
     def __init__(self, plan: Plan, mesh: Mesh, book: Logbook) -> None:
@@ -504,6 +504,19 @@ class _Session:
             os.kill(os.getpid(), signal.SIGKILL)
 
     # ---- one step ------------------------------------------------------------------------
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's rows of the batch the next step reads (on the CPU)."""
+        config, mesh = self.config, self.mesh
+        return local_batch(
+            self.data,
+            self.sampler,
+            position=self.state.samples,
+            global_batch=config.batch_size,
+            seq_len=config.seq_len,
+            dp_rank=mesh.dp_rank,
+            dp_size=mesh.dp_size,
+        )
+
     def step(self) -> None:
         config, mesh, state = self.config, self.mesh, self.state
         step = state.step + 1
@@ -512,15 +525,7 @@ class _Session:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
-        inputs, targets = local_batch(
-            self.data,
-            self.sampler,
-            position=state.samples,
-            global_batch=config.batch_size,
-            seq_len=config.seq_len,
-            dp_rank=mesh.dp_rank,
-            dp_size=mesh.dp_size,
-        )
+        inputs, targets = self.next_batch()
         inputs, targets = inputs.to(mesh.device), targets.to(mesh.device)
         count = (targets != IGNORE_INDEX).sum().to(torch.float32)
         if mesh.dp_size > 1:
@@ -745,14 +750,14 @@ def train(config: TrainConfig, *, plan: Plan | None = None) -> dict[str, Any]:
     plan = plan or validate(config)
     mesh = init_mesh(config.tp, device=config.device)
     book = Logbook(config.out, enabled=mesh.is_main)
-    session: _Session | None = None
+    session: Session | None = None
     try:
         if mesh.is_main:
             Path(config.out).mkdir(parents=True, exist_ok=True)
             _write_run_file(plan)
         dist.barrier()
         torch.manual_seed(config.seed)
-        session = _Session(plan, mesh, book)
+        session = Session(plan, mesh, book)
         return _run(session)
     except Exception as exc:
         step = session.state.step if session is not None else None
@@ -763,7 +768,7 @@ def train(config: TrainConfig, *, plan: Plan | None = None) -> dict[str, Any]:
         close_mesh()
 
 
-def _run(session: _Session) -> dict[str, Any]:
+def _run(session: Session) -> dict[str, Any]:
     config, mesh, book = session.config, session.mesh, session.book
     # Rank 0 picks the checkpoint and tells the others: on a network file system the ranks'
     # directory listings need not agree at the same instant.

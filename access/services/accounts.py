@@ -14,9 +14,7 @@ from django.utils import timezone
 from django.utils.http import urlencode
 
 from access.errors import InvalidInput
-from access.models import (
-    User,
-)
+from access.models import User
 from access.notifications import notify
 from access.services.audit import RequestMeta, audit_record
 

@@ -7,10 +7,7 @@ from datetime import datetime
 from django.utils import timezone
 
 from access.errors import InvalidInput
-from access.models import (
-    ApiKey,
-    User,
-)
+from access.models import ApiKey, User
 from access.services.audit import SYSTEM, audit_record
 
 

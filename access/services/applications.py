@@ -15,15 +15,7 @@ from django.utils import timezone
 from access import selectors
 from access.errors import AccessError, Conflict, InvalidInput, NotAllowed
 from access.limits import MAX_NAME, MAX_PUBLICATION, MAX_PUBLICATIONS, MAX_TEXT
-from access.models import (
-    Application,
-    ApplicationMessage,
-    ApplicationStatus,
-    Grant,
-    OrganizationType,
-    Release,
-    User,
-)
+from access.models import Application, ApplicationMessage, ApplicationStatus, Grant, OrganizationType, Release, User
 from access.models.applications import OPEN_STATUSES
 from access.notifications import notify_reviewers
 from access.services.audit import RequestMeta, audit_record

@@ -5,11 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from access.models import (
-    Application,
-    AuditEvent,
-    User,
-)
+from access.models import Application, AuditEvent, User
 from portal.client_ip import client_ip
 
 

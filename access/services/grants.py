@@ -11,12 +11,7 @@ from django.utils import timezone
 
 from access import selectors
 from access.errors import Conflict, InvalidInput, NotAllowed
-from access.models import (
-    Application,
-    Grant,
-    GrantStatus,
-    User,
-)
+from access.models import Application, Grant, GrantStatus, User
 from access.notifications import notify
 from access.services.applications import ApplicationInput, application_submit
 from access.services.audit import RequestMeta, audit_record

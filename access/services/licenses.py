@@ -5,12 +5,7 @@ from __future__ import annotations
 from django.utils import timezone
 
 from access.errors import Conflict, InvalidInput
-from access.models import (
-    LicenseAcceptance,
-    LicenseVersion,
-    Release,
-    User,
-)
+from access.models import LicenseAcceptance, LicenseVersion, Release, User
 from access.services.audit import SYSTEM, RequestMeta, audit_record
 
 

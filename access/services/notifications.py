@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from django.utils import timezone
 
-from access.models import (
-    Notification,
-    User,
-)
+from access.models import Notification, User
 
 
 def notifications_mark_read(*, user: User, ids: list[int]) -> int:

@@ -16,11 +16,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from access.errors import Conflict
-from access.models import (
-    Application,
-    ApplicationStatus,
-    User,
-)
+from access.models import Application, ApplicationStatus, User
 from access.notifications import notify
 from access.selectors import REVIEW_METRICS_CACHE_KEY
 from access.services.audit import RequestMeta, audit_record

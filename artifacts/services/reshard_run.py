@@ -42,7 +42,7 @@ from artifacts.models import (
     ReshardFormat,
     ReshardJob,
 )
-from artifacts.services.files import HashingReader, create_checkpoint_files, materialise
+from artifacts.services.files import HashingReader, StoredFile, create_checkpoint_files, materialise
 from artifacts.services.reshard import output_variant
 from artifacts.storage import StorageError, get_storage
 from jobs.kinds import JobKind, JobPolicy
@@ -225,7 +225,7 @@ def _run_claimed(claim: Claim[ReshardJob], work: Path, stored_keys: list[str]) -
     claim.set_phase("storing")
     storage = get_storage()
     prefix = f"checkpoints/{source.release.slug}/{variant}"
-    stored: list[tuple[str, int, str, str]] = []  # path, size, sha256, md5
+    stored: list[StoredFile] = []
     for info in sorted(result.files, key=lambda f: f.path):
         key = f"{prefix}/{info.path}"
         stored_keys.append(key)
@@ -264,7 +264,7 @@ def _publish(
     variant: str,
     prefix: str,
     result: Any,
-    stored: list[tuple[str, int, str, str]],
+    stored: list[StoredFile],
     report: dict[str, Any],
 ) -> None:
     """The one moment the output becomes visible: checkpoint, files and the job's success commit together."""

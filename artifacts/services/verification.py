@@ -8,7 +8,6 @@ from functools import partial
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Sum
 from django.utils import timezone
 
 from access.errors import Conflict, NotAllowed
@@ -24,6 +23,7 @@ from artifacts.models import (
     VerificationJob,
     VerificationStatus,
 )
+from artifacts.selectors import checkpoint_size
 from artifacts.storage import get_storage
 from jobs.kinds import JobKind, JobPolicy
 from jobs.models import ACTIVE_STATUSES, Job
@@ -73,7 +73,7 @@ def verification_enqueue(
             checkpoint=checkpoint,
             requested_by=actor if actor is not None and actor.is_authenticated else None,
             files_total=checkpoint.files.count(),
-            bytes_total=checkpoint.files.aggregate(total=Sum("size"))["total"] or 0,
+            bytes_total=checkpoint_size(checkpoint),
         )
         if dispatch:
             job_dispatch(job)

@@ -26,7 +26,6 @@ from finetune.api.serializers import (
     TrainingJobSerializer,
     finite,
 )
-from finetune.models import TrainingDataset
 
 
 @extend_schema_view(
@@ -55,7 +54,7 @@ class TrainingJobList(generics.GenericAPIView):
     def post(self, request: Request) -> Response:
         data = validated(TrainingJobCreateSerializer, request.data)
         checkpoint, _ = access_downloadable_checkpoint(actor=request.user, checkpoint_id=data["checkpoint"])
-        dataset = TrainingDataset.objects.filter(pk=data["dataset"], owner=request.user).first()
+        dataset = selectors.user_datasets(user=request.user).filter(pk=data["dataset"]).first()
         if dataset is None:
             raise InvalidInput("No such dataset of yours; upload one first.", field="dataset")
         job = services.training_job_submit(

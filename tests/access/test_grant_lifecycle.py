@@ -10,15 +10,14 @@ from typing import Any
 import pytest
 from django.urls import reverse
 from django.utils import timezone
-from rest_framework.test import APIClient
 
 from access import selectors
 from access.models import ApplicationStatus, AuditEvent, Grant, GrantStatus
-from access.services.api_keys import api_key_create
 from access.services.audit import RequestMeta
 from access.services.grants import grant_request_renewal, grant_revoke
 from access.services.reviews import application_approve
 from tests import factories
+from tests.access.test_api import bearer
 from tests.conftest import login
 
 pytestmark = pytest.mark.django_db
@@ -42,13 +41,6 @@ def _grants(user: Any, release: Any) -> list[Any]:
 def _current(user: Any, release: Any) -> list[Any]:
     """Grants that count as current for the uniqueness constraint."""
     return list(Grant.objects.filter(user=user, release=release, status=GrantStatus.ACTIVE, superseded_at=None))
-
-
-def _bearer(user: Any) -> APIClient:
-    _, raw = api_key_create(user=user, name="lifecycle")
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
-    return client
 
 
 def _assert_new_grant_replaced(old: Any, new: Any, *, applicant: Any, release: Any, application: Any) -> None:
@@ -213,7 +205,7 @@ def test_the_api_approves_a_reapplication_after_the_grant_ended(
     first = application_approve(application=application, reviewer=reviewer, meta=META)
     _run_out(first) if ended == "expired" else _revoke(first, reviewer)
     again = factories.make_application(applicant, gated_release)
-    response = _bearer(reviewer).post(
+    response = bearer(reviewer).post(
         reverse("api:review-approve", args=[again.pk]), {"expected_version": again.version}, format="json"
     )
     assert response.status_code == 200, response.json()
@@ -222,7 +214,7 @@ def test_the_api_approves_a_reapplication_after_the_grant_ended(
     second = Grant.objects.get(pk=body["grant"]["id"])
     _assert_new_grant_replaced(first, second, applicant=applicant, release=gated_release, application=again)
     # The holder's own list shows the whole history, the new grant first.
-    rows = _bearer(applicant).get(reverse("api:grants")).json()["results"]
+    rows = bearer(applicant).get(reverse("api:grants")).json()["results"]
     assert [row["id"] for row in rows] == [second.pk, first.pk]
     assert [row["state"] for row in rows] == ["active", ended]
 
@@ -237,7 +229,7 @@ def test_the_api_approving_a_renewal_extends_the_running_grant(
         grant=first, user=applicant, meta=META, license_version_id=gated_release.license.current_version.pk
     )
     expires = timezone.now() + timedelta(days=365)
-    response = _bearer(reviewer).post(
+    response = bearer(reviewer).post(
         reverse("api:review-approve", args=[renewal.pk]), {"expires_at": expires.isoformat()}, format="json"
     )
     assert response.status_code == 200, response.json()

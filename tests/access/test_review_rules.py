@@ -13,12 +13,10 @@ from django.contrib.auth.models import AnonymousUser, Permission
 from django.core.cache import cache
 from django.urls import reverse
 from django.utils import timezone
-from rest_framework.test import APIClient
 
 from access import selectors
 from access.errors import NotAllowed
 from access.models import Application, ApplicationStatus, AuditEvent, Grant, ReviewerNote
-from access.services.api_keys import api_key_create
 from access.services.applications import application_withdraw
 from access.services.audit import RequestMeta
 from access.services.grants import grant_revoke
@@ -31,17 +29,11 @@ from access.services.reviews import (
     applications_bulk_decide,
 )
 from tests import factories
+from tests.access.test_api import bearer
 from tests.conftest import login
 
 pytestmark = pytest.mark.django_db
 META = RequestMeta(ip="10.0.0.9", user_agent="pytest")
-
-
-def _bearer(user: Any) -> APIClient:
-    _, raw = api_key_create(user=user, name="rules")
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
-    return client
 
 
 def _apply(email: str, release: Any) -> Any:
@@ -129,7 +121,7 @@ def test_the_review_page_refuses_ones_own_application_with_403(client: Any, revi
 
 
 def test_the_api_refuses_ones_own_application_with_403(reviewer: Any, own: Any) -> None:
-    client = _bearer(reviewer)
+    client = bearer(reviewer)
     posts = {
         "review-start": {"expected_version": own.version},
         "review-approve": {},
@@ -174,7 +166,7 @@ def test_bulk_on_the_page_reports_ones_own_application(
 
 def test_bulk_in_the_api_reports_ones_own_application(reviewer: Any, own: Any, gated_release: Any) -> None:
     other = _apply("o@uni-heidelberg.de", gated_release)
-    response = _bearer(reviewer).post(
+    response = bearer(reviewer).post(
         reverse("api:review-bulk"), {"ids": [own.pk, other.pk], "decision": "approve"}, format="json"
     )
     assert response.status_code == 200
@@ -256,7 +248,7 @@ def test_bulk_in_the_api_applies_the_valid_rows_and_names_each_invalid_one(
 ) -> None:
     invalid = mixed["invalid"]
     ids = [row.pk for row in mixed["valid"]] + [row.pk for row in invalid.values()] + [mixed["missing"]]
-    response = _bearer(reviewer).post(
+    response = bearer(reviewer).post(
         reverse("api:review-bulk"), {"ids": ids, "decision": "reject", "reason": "Dear {name}: no."}, format="json"
     )
     assert response.status_code == 200, response.json()
@@ -278,7 +270,7 @@ def test_bulk_in_the_api_applies_the_valid_rows_and_names_each_invalid_one(
 
 def test_bulk_in_the_api_counts_a_repeated_id_once(reviewer: Any, gated_release: Any) -> None:
     row = _apply("v@uni-heidelberg.de", gated_release)
-    response = _bearer(reviewer).post(
+    response = bearer(reviewer).post(
         reverse("api:review-bulk"), {"ids": [row.pk, row.pk], "decision": "approve"}, format="json"
     )
     assert response.status_code == 200 and response.json() == {"decided": [row.pk], "conflicts": {}}
@@ -289,7 +281,7 @@ def test_bulk_in_the_api_counts_a_repeated_id_once(reviewer: Any, gated_release:
 
 
 def test_api_start_review_with_a_stale_version_is_409_and_changes_nothing(reviewer: Any, application: Any) -> None:
-    client = _bearer(reviewer)
+    client = bearer(reviewer)
     stale = client.post(
         reverse("api:review-start", args=[application.pk]),
         {"expected_version": application.version + 1},
@@ -311,9 +303,9 @@ def test_api_start_review_with_a_stale_version_is_409_and_changes_nothing(review
 def test_api_start_review_after_another_reviewer_took_it_is_409(
     reviewer: Any, second_reviewer: Any, application: Any
 ) -> None:
-    seen = _bearer(reviewer).get(reverse("api:review-detail", args=[application.pk])).json()["version"]
+    seen = bearer(reviewer).get(reverse("api:review-detail", args=[application.pk])).json()["version"]
     application_start_review(application=application, reviewer=second_reviewer, meta=META)
-    late = _bearer(reviewer).post(
+    late = bearer(reviewer).post(
         reverse("api:review-start", args=[application.pk]), {"expected_version": seen}, format="json"
     )
     assert late.status_code == 409
@@ -322,7 +314,7 @@ def test_api_start_review_after_another_reviewer_took_it_is_409(
 
 
 def test_api_start_review_rejects_a_malformed_version(reviewer: Any, application: Any) -> None:
-    client = _bearer(reviewer)
+    client = bearer(reviewer)
     for bad in (0, -1, "one", 2**40):
         response = client.post(
             reverse("api:review-start", args=[application.pk]), {"expected_version": bad}, format="json"
@@ -344,7 +336,7 @@ def test_an_api_decision_refreshes_the_dashboard_at_once(client: Any, reviewer: 
     login(client, reviewer)
     assert _decided_30d(client) == "0"
     assert cache.get(selectors.REVIEW_METRICS_CACHE_KEY) is not None  # the page cached its figures
-    api = _bearer(reviewer)
+    api = bearer(reviewer)
     assert api.post(reverse("api:review-approve", args=[rows[0].pk]), {}, format="json").status_code == 200
     assert _decided_30d(client) == "1"
     rejected = api.post(reverse("api:review-reject", args=[rows[1].pk]), {"reason": "No."}, format="json")
@@ -394,7 +386,7 @@ def test_staff_gets_403_on_the_review_pages(client: Any, staff: Any, application
 
 
 def test_staff_gets_403_from_the_review_api(staff: Any, application: Any) -> None:
-    client = _bearer(staff)
+    client = bearer(staff)
     assert client.get(reverse("api:review-queue")).status_code == 403
     assert client.get(reverse("api:review-detail", args=[application.pk])).status_code == 403
     assert client.get(reverse("api:review-metrics")).status_code == 403

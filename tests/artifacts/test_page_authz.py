@@ -86,7 +86,6 @@ MATRIX = [
     Route("checkpoint-reshard", "post", _checkpoint, OPERATOR_OBJECT),
     Route("checkpoint-reshard-jobs", "get", _checkpoint, OPERATOR_OBJECT),
     Route("reshard-job-cancel", "post", lambda o: [o["reshard_job"].pk], OPERATOR_OBJECT),
-    Route("reshard-job-cancel", "post", lambda o: [o["reshard_job"].pk], OPERATOR_OBJECT),
     Route("artifacts-api:checkpoints", "get", _none, API_SIGNED_IN),
     Route("artifacts-api:checkpoint", "get", _checkpoint, API_GRANT_HOLDERS),
     Route("artifacts-api:checkpoint-links", "post", _checkpoint, API_GRANT_HOLDERS),
@@ -97,7 +96,6 @@ MATRIX = [
     Route("artifacts-api:checkpoint-reshard-jobs", "get", _checkpoint, API_OPERATOR_OBJECT),
     Route("artifacts-api:checkpoint-reshard-jobs", "post", _checkpoint, API_OPERATOR_OBJECT),
     Route("artifacts-api:reshard-job", "get", lambda o: [o["reshard_job"].pk], API_OPERATOR_OBJECT),
-    Route("artifacts-api:reshard-job-cancel", "post", lambda o: [o["reshard_job"].pk], API_OPERATOR_OBJECT),
     Route("artifacts-api:reshard-job-cancel", "post", lambda o: [o["reshard_job"].pk], API_OPERATOR_OBJECT),
 ]
 

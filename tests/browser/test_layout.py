@@ -94,9 +94,11 @@ def test_page_scripts_run_under_the_enforced_policy(browser: Any, base: str) -> 
     page.goto(f"{base}{reverse('release-apply', args=[release.slug])}")
     page.fill("textarea[name=research_purpose]", "x" * 12)
     assert page.inner_text("#purpose-count").startswith("12 characters")
+    assert page.evaluate("window.__cspViolations") == []
 
     # The API keys page wires its confirm dialog and copy button from a nonced script.
     page.goto(f"{base}{reverse('api-keys')}")
+    assert page.evaluate("window.__cspViolations") == []
 
     # The reviewer's page (rejection templates script) and the Django admin.
     reviewer = factories.make_reviewer("rita@release.example", full_name="Rita Reviewer")

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,15 +23,9 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from tests.artifacts.conftest import grant_access, make_checkpoint
+from tests.inference_worker._server import REPO, EngineProcess, ServerProcess, free_port
 
-REPO = Path(__file__).resolve().parents[2]
 ENGINE_CONTEXT = 1024  # long enough for streams that last seconds (revocation, concurrency tests)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def closed_port_url() -> str:
@@ -145,59 +137,14 @@ def build_engine_checkpoint(path: Path) -> Path:
     return path
 
 
-class Process:
-    """A subprocess serving HTTP on 127.0.0.1, with its log in a file."""
-
-    def __init__(self, command: list[str], *, env: dict[str, str], port: int, log: Path, health: str) -> None:
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
-        self.log = log
-        self._log_file = log.open("w")
-        self.process = subprocess.Popen(command, cwd=REPO, env=env, stdout=self._log_file, stderr=subprocess.STDOUT)
-        self.health = health
-
-    def wait_ready(self, timeout: float = 120.0) -> Process:
-        import httpx2
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.log.name} exited with {self.process.returncode}:\n{self.log.read_text()}")
-            try:
-                if httpx2.get(self.url + self.health, timeout=2).status_code == 200:
-                    return self
-            except httpx2.TransportError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"not ready after {timeout}s:\n{self.log.read_text()}")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log_file.close()
-
-
 @pytest.fixture(scope="session")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """`python -m inference_worker serve` on a tiny random OPT, with a secret file."""
     root = tmp_path_factory.mktemp("engine")
     checkpoint_dir = build_engine_checkpoint(root / "tiny-opt")
-    secret = write_secret(root)
-    port = free_port()
-    command = [
-        sys.executable, "-m", "inference_worker", "serve", str(checkpoint_dir), "--port", str(port),
-        "--secret-file", str(secret), "--threads", "1", "--kv-memory", "64MiB", "--log-level", "warning",
-    ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    process = Process(command, env=env, port=port, log=root / "engine.log", health="/health").wait_ready()
-    process.secret_file = secret  # type: ignore[attr-defined]
-    process.checkpoint_dir = checkpoint_dir  # type: ignore[attr-defined]
+    process = EngineProcess(
+        checkpoint_dir, "--kv-memory", "64MiB", secret_file=write_secret(root), log=root / "engine.log"
+    ).wait_ready()
     yield process
     process.stop()
 
@@ -244,7 +191,7 @@ def portal(django_db_setup: Any, django_db_blocker: Any, tmp_path_factory: pytes
         sys.executable, "-m", "uvicorn", "portal.asgi:application", "--host", "127.0.0.1", "--port", str(port),
         "--log-level", "warning", "--no-access-log",
     ]  # fmt: skip
-    process = Process(command, env=env, port=port, log=root / "portal.log", health="/healthz").wait_ready()
+    process = ServerProcess(command, env=env, port=port, log=root / "portal.log", health="/healthz").wait_ready()
     yield process
     process.stop()
 

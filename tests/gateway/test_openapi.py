@@ -18,6 +18,7 @@ from gateway.models import UsageRecord, UsageStatus
 from inference_worker.protocol import CompletionRequest
 from tests.artifacts.conftest import make_checkpoint
 from tests.gateway.conftest import REPO, add_deployment, api_key_for
+from tests.inference_worker._server import schema_fuzz_failures
 
 MODEL = "opt-175b"
 EXAMPLES = 30
@@ -54,10 +55,8 @@ def test_fuzzing_the_v1_schema_never_gives_a_server_error(
     engine: Any, portal: Any, live_settings: Any, applicant: Any, holder_grant: Any, gated_release: Any, tmp_path: Any
 ) -> None:
     import schemathesis
-    from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
     from schemathesis import GenerationMode
-    from schemathesis.checks import not_a_server_error
 
     add_deployment(gated_release, make_checkpoint(gated_release, tmp_path), [engine.url], engine.secret_file)
     _, raw = api_key_for(applicant)
@@ -79,29 +78,7 @@ def test_fuzzing_the_v1_schema_never_gives_a_server_error(
     # gateway's own reading of `model` (lookups, usage rows).
     odd_text = st.text(st.one_of(st.just("\x00"), st.characters(categories=["Cc"]), st.characters()), max_size=12)
     models = st.one_of(st.just(MODEL), odd_text)
-    failures: list[str] = []
-    for operation, mode in runs:
-
-        @settings(
-            max_examples=EXAMPLES,
-            deadline=None,
-            derandomize=True,
-            database=None,
-            suppress_health_check=list(HealthCheck),
-        )
-        @given(case=operation.as_strategy(mode), model=models)
-        def check(case: Any, model: str) -> None:
-            if isinstance(case.body, dict) and "prompt" in case.body:
-                case.body["model"] = model
-                if isinstance(case.body.get("max_tokens"), int):
-                    case.body["max_tokens"] = min(case.body["max_tokens"], 8)  # keep each generation short
-            response = case.call(headers=headers, timeout=60)
-            case.validate_response(response, checks=[not_a_server_error])
-
-        try:
-            check()
-        except Exception as exc:  # report every failing operation, not just the first
-            failures.append(f"{operation.label} ({mode.value}): {exc}")
+    failures = schema_fuzz_failures(runs, headers=headers, models=models, examples=EXAMPLES)
     assert not failures, "\n\n".join(failures)
     # The fuzzer was signed in as the grant holder and reached the engine.
     assert ApiKey.objects.get(user=applicant, key_prefix=raw[: len(ApiKey.PREFIX) + 6]).last_used_at is not None

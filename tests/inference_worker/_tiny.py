@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from tests.hf_tiny import random_hf_model
+
 VOCAB = 128
 EOS = 2
 
@@ -61,18 +63,9 @@ CORPUS = [
 
 
 def hf_model(name: str, **overrides: Any) -> Any:
-    import transformers
-
-    spec = {**CASES[name], **overrides}
-    kind = spec.pop("cls")
-    config = getattr(transformers, f"{kind}Config")(**spec)
-    config._attn_implementation = "eager"
-    torch.manual_seed(sum(map(ord, name)))
-    model = getattr(transformers, f"{kind}ForCausalLM")(config).eval()
-    with torch.no_grad():
-        for param in model.parameters():  # move norms off 1/0 and make the weights less tiny
-            param.add_(torch.randn_like(param) * 0.05)
-        if name == "opt":
+    model = random_hf_model({**CASES[name], **overrides}, seed=sum(map(ord, name)))
+    if name == "opt":
+        with torch.no_grad():
             # Stronger weights so greedy decoding is not a repetition of one token.
             for param in model.parameters():
                 if param.ndim == 2:

@@ -15,8 +15,9 @@ from _engine_helpers import (
     tp_engine_worker,
     tp_requests,
 )
-from _iw_dist import run_distributed
 from _tiny import hf_model
+
+from tests.training._dist import run_distributed
 
 pytestmark = pytest.mark.slow
 MODELS = ["opt", "llama", "mixtral"]

@@ -33,7 +33,7 @@ def server(long_opt: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     secret_file.write_text(SECRET + "\n")
     engine = EngineProcess(long_opt, "--max-batch-tokens", "32", "--block-size", "8", secret_file=secret_file)
     try:
-        yield engine.wait_healthy()
+        yield engine.wait_ready()
     finally:
         engine.stop()
 

@@ -11,14 +11,12 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import httpx2 as httpx
 import openai
 import pytest
 from _engine_helpers import hf_greedy, make_engine
-from _iw_dist import free_port
-from _server import REPO, SECRET, EngineProcess, metric
+from _server import REPO, SECRET, EngineProcess, free_port, metric, schema_fuzz_failures
 from _tiny import hf_model
 
 from inference_worker.async_engine import AsyncEngine, QueueFull, Submission
@@ -41,7 +39,7 @@ def narrow_server(checkpoints: dict[str, Path], tmp_path_factory: pytest.TempPat
         secret_file=secret_file,
     )  # fmt: skip
     try:
-        yield engine.wait_healthy()
+        yield engine.wait_ready()
     finally:
         engine.stop()
 
@@ -138,7 +136,7 @@ def test_cli_refuses_to_start_without_tokenizer_or_secret(checkpoints: dict[str,
 def test_torchrun_tp2_serves_the_same_greedy_tokens(checkpoints: dict[str, Path]) -> None:
     engine = EngineProcess(checkpoints["llama"], "--insecure-no-secret", "--served-model-name", "llama", nproc=2)
     try:
-        engine.wait_healthy()
+        engine.wait_ready()
         client = openai.OpenAI(base_url=f"{engine.url}/v1", api_key="unused", max_retries=0)
         prompts = [[5, 6, 7, 8, 9], [10, 11, 12], list(range(20, 50))]
         done = client.completions.create(
@@ -157,37 +155,18 @@ def test_torchrun_tp2_serves_the_same_greedy_tokens(checkpoints: dict[str, Path]
 
 def test_fuzzing_the_openapi_schema_never_gives_a_500(narrow_server: EngineProcess) -> None:
     import schemathesis
-    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
     from schemathesis import GenerationMode
-    from schemathesis.checks import not_a_server_error
 
     schema = schemathesis.openapi.from_url(f"{narrow_server.url}/openapi.json")
-    failures: list[str] = []
     operations = [result.ok() for result in schema.get_all_operations()]
     assert {op.path for op in operations} >= {"/v1/completions", "/tokenize", "/v1/models", "/health", "/metrics"}
     # GET routes take no input: there is nothing negative to generate for them.
     runs = [
         (op, m) for op in operations for m in GenerationMode if op.method.upper() == "POST" or m.value == "positive"
     ]
-    for operation, mode in runs:
-        strategy = operation.as_strategy(mode)
-
-        @settings(
-            max_examples=30, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck)
-        )
-        @given(case=strategy)
-        def check(case: Any) -> None:
-            if isinstance(case.body, dict) and "prompt" in case.body:
-                case.body["model"] = "opt"  # past the 404, into tokenizing, validation and generation
-                if isinstance(case.body.get("max_tokens"), int):
-                    case.body["max_tokens"] = min(case.body["max_tokens"], 8)  # keep each generation short
-            response = case.call(headers=AUTH, timeout=60)
-            case.validate_response(response, checks=[not_a_server_error])
-
-        try:
-            check()
-        except Exception as exc:  # report every failing operation, not just the first
-            failures.append(f"{operation.label} ({mode.value}): {exc}")
+    # The served model: past the 404, into tokenizing, validation and generation.
+    failures = schema_fuzz_failures(runs, headers=AUTH, models=st.just("opt"), examples=30)
     assert not failures, "\n\n".join(failures)
     scrape = httpx.get(f"{narrow_server.url}/metrics", headers=AUTH).text
     assert metric(scrape, "inference_generation_tokens_total") > 0, "the fuzzer must reach generation too"

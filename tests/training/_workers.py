@@ -10,6 +10,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 import training
+from tests.hf_tiny import random_hf_model
 from training import Replicated, Transformer, merge_shards, sharding_plan
 
 VOCAB = 100  # not a multiple of 8, so vocabulary padding is exercised (padded to 104)
@@ -76,18 +77,7 @@ GLAM_TINY = training.ModelConfig(
 
 
 def hf_model(name: str) -> Any:
-    import transformers
-
-    spec = dict(HF_CASES[name])
-    kind = spec.pop("cls")
-    config = getattr(transformers, f"{kind}Config")(**spec)
-    config._attn_implementation = "eager"
-    torch.manual_seed(sum(map(ord, name)))
-    model = getattr(transformers, f"{kind}ForCausalLM")(config).eval()
-    with torch.no_grad():
-        for param in model.parameters():  # move norms off 1/0 and make weights less tiny
-            param.add_(torch.randn_like(param) * 0.05)
-    return model
+    return random_hf_model(HF_CASES[name], seed=sum(map(ord, name)))
 
 
 def make_hf_checkpoint(name: str, path: Path) -> Path:

@@ -17,15 +17,7 @@ from django.db import models, transaction
 from access import catalog_data
 from access.catalog_data import Catalog
 from access.errors import AccessError, Conflict
-from access.models import (
-    DataCard,
-    License,
-    LicenseVersion,
-    ModelCard,
-    ModelFamily,
-    RejectionTemplate,
-    Release,
-)
+from access.models import DataCard, License, LicenseVersion, ModelCard, ModelFamily, RejectionTemplate, Release
 from access.services.accounts import reviewer_group
 
 M = TypeVar("M", bound=models.Model)

@@ -19,10 +19,7 @@ from django.views.decorators.http import require_GET, require_POST
 from access import selectors
 from access.csv_export import AuditFilters, audit_events
 from access.errors import AccessError, Conflict, InvalidInput, NotAllowed
-from access.models import (
-    Application,
-    ApplicationStatus,
-)
+from access.models import Application, ApplicationStatus
 from access.models.applications import PENDING_STATUSES
 from access.services.audit import RequestMeta
 from access.services.reviews import (
@@ -162,8 +159,8 @@ def approve(request: HttpRequest, application_id: int) -> HttpResponse:
     def call(application: Application, form: ApproveForm) -> str:
         grant = application_approve(
             application=application,
-            reviewer=request.user,
-            meta=RequestMeta.from_request(request),  # type: ignore[arg-type]
+            reviewer=request.user,  # type: ignore[arg-type]
+            meta=RequestMeta.from_request(request),
             expires_at=form.expires_at(),
             expected_version=form.cleaned_data["expected_version"],
         )
@@ -186,8 +183,8 @@ def reject(request: HttpRequest, application_id: int) -> HttpResponse:
     def call(application: Application, form: RejectForm) -> str:
         application_reject(
             application=application,
-            reviewer=request.user,
-            reason=form.reason_for(application),  # type: ignore[arg-type]
+            reviewer=request.user,  # type: ignore[arg-type]
+            reason=form.reason_for(application),
             meta=RequestMeta.from_request(request),
             expected_version=form.cleaned_data["expected_version"],
         )
@@ -202,8 +199,8 @@ def request_info(request: HttpRequest, application_id: int) -> HttpResponse:
     def call(application: Application, form: RequestInfoForm) -> str:
         application_request_info(
             application=application,
-            reviewer=request.user,
-            message=form.cleaned_data["message"],  # type: ignore[arg-type]
+            reviewer=request.user,  # type: ignore[arg-type]
+            message=form.cleaned_data["message"],
             meta=RequestMeta.from_request(request),
             expected_version=form.cleaned_data["expected_version"],
         )
@@ -220,9 +217,9 @@ def add_note(request: HttpRequest, application_id: int) -> HttpResponse:
     def call(application: Application, form: NoteForm) -> str:
         application_add_note(
             application=application,
-            reviewer=request.user,
+            reviewer=request.user,  # type: ignore[arg-type]
             body=form.cleaned_data["body"],
-            meta=RequestMeta.from_request(request),  # type: ignore[arg-type]
+            meta=RequestMeta.from_request(request),
         )
         return "Note added."
 

@@ -15,14 +15,7 @@ from access import selectors
 from access.countries import country_choices
 from access.forms import FilterDateField
 from access.limits import MAX_ID, MAX_SEARCH, MAX_TEXT
-from access.models import (
-    Application,
-    ApplicationStatus,
-    GrantStatus,
-    OrganizationType,
-    RejectionTemplate,
-    Release,
-)
+from access.models import Application, ApplicationStatus, GrantStatus, OrganizationType, RejectionTemplate, Release
 from access.models.applications import PENDING_STATUSES
 from access.services.reviews import rejection_template_render
 

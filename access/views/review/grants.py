@@ -12,10 +12,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from access import selectors
 from access.errors import Conflict, InvalidInput
-from access.models import (
-    Grant,
-    GrantStatus,
-)
+from access.models import Grant, GrantStatus
 from access.services.audit import RequestMeta
 from access.services.grants import grant_revoke
 from access.views.review.common import reviewer_required, safe_next
@@ -59,8 +56,11 @@ def revoke(request: HttpRequest, grant_id: int) -> HttpResponse:
         return redirect(back)
     try:
         grant_revoke(
-            grant=grant, actor=request.user, reason=form.cleaned_data["reason"], meta=RequestMeta.from_request(request)
-        )  # type: ignore[arg-type]
+            grant=grant,
+            actor=request.user,  # type: ignore[arg-type]
+            reason=form.cleaned_data["reason"],
+            meta=RequestMeta.from_request(request),
+        )
     except (Conflict, InvalidInput) as exc:
         messages.error(request, exc.message)
     else:

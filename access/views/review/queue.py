@@ -14,9 +14,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from access import selectors
 from access.errors import InvalidInput
-from access.models import (
-    ApplicationStatus,
-)
+from access.models import ApplicationStatus
 from access.models.applications import PENDING_STATUSES
 from access.services.audit import RequestMeta
 from access.services.reviews import applications_bulk_decide
