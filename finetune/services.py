@@ -20,14 +20,14 @@ from access.models import User
 from access.selectors import is_reviewer, release_access_check
 from access.services.audit import RequestMeta, audit_record
 from artifacts.models import Checkpoint, CheckpointState
-from artifacts.storage import StorageError, get_storage
+from artifacts.services.files import read_stored_text
+from artifacts.storage import StorageError
 from finetune import hyperparameters as hp
 from finetune.models import DatasetFormat, TrainingDataset, TrainingJob
 from finetune.selectors import gpu_hours_used
 from jobs.models import ACTIVE_STATUSES, JobStatus
 from jobs.services import job_cancel, job_dispatch
 
-_CONFIG_LIMIT = 4 * 1024 * 1024
 FORMATS_BY_SUFFIX = {
     ".jsonl": DatasetFormat.JSONL,
     ".ndjson": DatasetFormat.JSONL,
@@ -143,11 +143,7 @@ def _model_config(checkpoint: Checkpoint) -> dict[str, Any]:
     if row is None:
         return {}
     try:
-        stream = get_storage().open_read(row.storage_key)
-        try:
-            value = json.loads(stream.read(_CONFIG_LIMIT).decode("utf-8", errors="replace"))
-        finally:
-            stream.close()
+        value = json.loads(read_stored_text(row.storage_key))
     except (StorageError, OSError, ValueError):
         return {}
     return value if isinstance(value, dict) else {}

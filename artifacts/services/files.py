@@ -15,6 +15,9 @@ from artifacts.storage import get_storage
 from jobs.services import Claim
 
 _CHUNK = 8 * 1024 * 1024
+# reshard.formats refuses a config.json over 4 MiB; reading one byte more lets that check see it
+# (reshard itself is not imported here: it loads torch).
+_CONFIG_READ_BYTES = 4 * 1024 * 1024 + 1
 
 # (path, size, sha256, md5) of one stored file
 StoredFile = tuple[str, int, str, str]
@@ -93,3 +96,12 @@ def create_checkpoint_files(checkpoint: Checkpoint, *, prefix: str, stored: list
             for path, size, sha256, md5 in stored
         ]
     )
+
+
+def read_stored_text(storage_key: str) -> str:
+    """A small stored file (a checkpoint's config.json) as text, cut one byte past reshard's limit."""
+    stream = get_storage().open_read(storage_key)
+    try:
+        return stream.read(_CONFIG_READ_BYTES).decode("utf-8", errors="replace")
+    finally:
+        stream.close()

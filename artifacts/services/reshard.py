@@ -13,14 +13,13 @@ from access.models import User
 from access.selectors import is_reviewer
 from access.services.audit import RequestMeta, audit_record
 from artifacts.models import Checkpoint, CheckpointState, ReshardJob
-from artifacts.storage import StorageError, get_storage
+from artifacts.services.files import read_stored_text
+from artifacts.storage import StorageError
 from jobs.models import JobStatus
 from jobs.services import job_cancel, job_dispatch
 
 if TYPE_CHECKING:
     import reshard
-
-_CONFIG_LIMIT = 4 * 1024 * 1024
 
 
 def output_variant(source: Checkpoint, *, to: str, tp: int, dtype: str) -> str:
@@ -47,11 +46,7 @@ def _checked_options(checkpoint: Checkpoint, *, to: str, tp: int | None, dtype: 
     rows = {row.path: row.storage_key for row in checkpoint.files.all()}
 
     def read_text(path: str) -> str:
-        stream = get_storage().open_read(rows[path])
-        try:
-            return stream.read(_CONFIG_LIMIT).decode("utf-8", errors="replace")
-        finally:
-            stream.close()
+        return read_stored_text(rows[path])
 
     try:
         detected = reshard.detect_files(sorted(rows), read_text, where=str(checkpoint))
