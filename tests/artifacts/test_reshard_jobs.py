@@ -272,6 +272,12 @@ def test_bad_options_are_refused_naming_what_to_change(
     quarantined.refresh_from_db()
     error = refused(checkpoint=quarantined)
     assert error.field == "checkpoint" and "ready" in error.message
+
+    # A stored config.json past reshard's limit is named as too large (not read as broken JSON).
+    stored = get_storage().local_path(source.files.get(path="config.json").storage_key)
+    assert stored is not None
+    stored.write_text('{"padding": "' + "x" * (5 * 1024 * 1024) + '"}')
+    assert "too large" in refused().message
     assert ReshardJob.objects.count() == 0
 
 
