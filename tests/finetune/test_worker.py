@@ -136,7 +136,8 @@ def submit(applicant: Any, base_checkpoint: Any, steps: int, save_every: int) ->
 def test_worker_killed_mid_run_is_resumed_from_the_last_committed_checkpoint(
     applicant: Any, holder_grant: Any, base_checkpoint: Any, start_worker: Any, tmp_path: Path, settings: Any
 ) -> None:
-    job = submit(applicant, base_checkpoint, steps=30, save_every=3)
+    # ~6 ms a step and ~80 ms a save on a 2-core VM: 120 steps take seconds, so the kill lands mid-run.
+    job = submit(applicant, base_checkpoint, steps=120, save_every=3)
     first = start_worker()
     send(job)
     wait_for(lambda: committed(job), "a committed checkpoint", log=tmp_path)
@@ -151,7 +152,7 @@ def test_worker_killed_mid_run_is_resumed_from_the_last_committed_checkpoint(
     wait_for(lambda: not _process_alive(pgid), "the training process to die with its worker")
     killed_at = committed(job)[-1]
     job.refresh_from_db()
-    assert job.status == JobStatus.RUNNING and job.step < 30 and job.result is None
+    assert job.status == JobStatus.RUNNING and job.step < 120 and job.result is None
 
     # Once its heartbeat is stale the reaper queues the job again (sending the task with a backoff); a new
     # worker is sent it now instead of after the backoff (a duplicate message is a no-op: claims decide).
@@ -168,27 +169,29 @@ def test_worker_killed_mid_run_is_resumed_from_the_last_committed_checkpoint(
     )
     job.refresh_from_db()
     assert job.status == JobStatus.SUCCEEDED, job.error_message
-    assert job.attempts == 2 and job.step == 30 and job.result is not None and job.result.owner == applicant
+    assert job.attempts == 2 and job.step == 120 and job.result is not None and job.result.owner == applicant
 
     events = selectors.job_logbook(job)
     resume = next(e for e in events if e["event"] == "resume")
     assert resume["reason"] == "rerun" and resume["from_step"] == killed_at and killed_at >= 3
     after = [e["step"] for e in events[events.index(resume) :] if e["event"] == "step"]
-    assert after == list(range(killed_at + 1, 31))
+    assert after == list(range(killed_at + 1, 121))
     assert sum(e["event"] == "start" for e in events) == 1 and events[-1]["event"] == "done"
 
 
 def test_a_revoked_grant_cancels_the_running_job_at_its_next_heartbeat(
     applicant: Any, holder_grant: Any, base_checkpoint: Any, reviewer: Any, start_worker: Any, tmp_path: Path
 ) -> None:
-    job = submit(applicant, base_checkpoint, steps=300, save_every=50)
+    # The revocation reaches the run within a heartbeat (1 s here); 20,000 steps take minutes, so the job
+    # cannot have finished on its own by then (300 steps once did, on a fast CI machine).
+    job = submit(applicant, base_checkpoint, steps=20_000, save_every=50)
     start_worker()
     send(job)
     wait_for(lambda: TrainingJob.objects.get(pk=job.pk).step > 0, "the first steps", log=tmp_path)
     grant_revoke(grant=holder_grant, actor=reviewer, reason="Terms breach", meta=META)
     wait_for(lambda: not TrainingJob.objects.get(pk=job.pk).is_active, "the job to stop", log=tmp_path)
     job.refresh_from_db()
-    assert job.status == JobStatus.CANCELLED and job.step < 300 and job.result is None
+    assert job.status == JobStatus.CANCELLED and job.step < 20_000 and job.result is None
     assert "revoked" in job.error_message and job.error_message.startswith("Cancelled: ")
     pid_file = job.run_dir() / PID_FILE
     assert not pid_file.exists()  # the attempt ended its process group and cleaned up
@@ -197,7 +200,8 @@ def test_a_revoked_grant_cancels_the_running_job_at_its_next_heartbeat(
 def test_operator_pauses_then_resumes_from_a_committed_step_with_a_new_lr(
     applicant: Any, holder_grant: Any, base_checkpoint: Any, reviewer: Any, start_worker: Any, tmp_path: Path
 ) -> None:
-    job = submit(applicant, base_checkpoint, steps=24, save_every=3)
+    # The pause reaches the run within a heartbeat (1 s): 600 steps leave it seconds of margin, not tenths.
+    job = submit(applicant, base_checkpoint, steps=600, save_every=20)
     start_worker()
     send(job)
     wait_for(lambda: len(committed(job)) >= 2, "two committed checkpoints", log=tmp_path)
@@ -216,7 +220,7 @@ def test_operator_pauses_then_resumes_from_a_committed_step_with_a_new_lr(
         lambda: TrainingJob.objects.get(pk=job.pk).status == JobStatus.SUCCEEDED, "the job to finish", log=tmp_path
     )
     job.refresh_from_db()
-    assert job.step == 24 and job.resume_from_step is None and job.result is not None and job.attempts == 2
+    assert job.step == 600 and job.resume_from_step is None and job.result is not None and job.attempts == 2
 
     events = selectors.job_logbook(job)
     notes = [(e["action"], e["by"], e["reason"]) for e in events if e["event"] == "operator"]
@@ -225,7 +229,7 @@ def test_operator_pauses_then_resumes_from_a_committed_step_with_a_new_lr(
     assert resume["reason"] == "--resume-from" and resume["from_step"] == steps[0]
     assert resume["changes"]["lr"] == [1e-3, 2e-4]
     after = [e for e in events[events.index(resume) :] if e["event"] == "step"]
-    assert [e["step"] for e in after] == list(range(steps[0] + 1, 25))
+    assert [e["step"] for e in after] == list(range(steps[0] + 1, 601))
     assert all(e["lr"] <= 2e-4 for e in after)
     # The result is stored: right after, the run's checkpoints and export go; its logbook stays.
     wait_for(lambda: not committed(job) and not (job.run_dir() / "export").exists(), "the cleanup", log=tmp_path)
