@@ -1,4 +1,4 @@
-"""What the portal needs to run under ASGI without regressions.
+"""What the portal needs to run under ASGI without regressions, or without a cost per request.
 
 - `StaticFilesMiddleware`: WhiteNoise, made async-capable. One synchronous middleware in the stack makes
   Django run every request, the gateway's async views included, through a thread that waits for the
@@ -13,12 +13,18 @@ Under WSGI (gunicorn, the test client) both are plain pass-throughs.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any, cast
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
+from django.conf import settings
+from django.contrib.auth import middleware as auth
+from django.contrib.messages import middleware as messages
+from django.contrib.sessions import middleware as sessions
 from django.http import HttpRequest
 from django.http.response import HttpResponseBase
+from django.middleware import clickjacking, common, csrf, security
+from django.utils.deprecation import MiddlewareMixin
 from whitenoise.middleware import WhiteNoiseMiddleware  # type: ignore[import-untyped]
 
 # A pull from a synchronous body returns up to this many bytes (several small CSV rows in one
@@ -91,3 +97,105 @@ class SyncStreamingMiddleware:
             # `_resource_closers`, so response.close() still closes (and settles) it.
             response.streaming_content = _pull(iter(response.streaming_content))
         return response
+
+
+# --- Django's middleware, hooks on the event loop ---------------------------------------------------
+
+
+class _OnTheLoop(MiddlewareMixin):
+    """`MiddlewareMixin.__acall__` without a thread hop per hook. A subclass names the cases where a
+    hook may touch the database; those still run in the request's thread."""
+
+    def request_needs_thread(self, request: HttpRequest) -> bool:
+        return False
+
+    def response_needs_thread(self, request: HttpRequest, response: HttpResponseBase) -> bool:
+        return False
+
+    async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
+        response = None
+        process_request = getattr(self, "process_request", None)
+        if process_request is not None:
+            if self.request_needs_thread(request):
+                response = await sync_to_async(process_request, thread_sensitive=True)(request)
+            else:
+                response = process_request(request)
+        if response is None:
+            response = await cast(Awaitable[HttpResponseBase], self.get_response(request))  # async mode
+        process_response = getattr(self, "process_response", None)
+        if process_response is not None:
+            if self.response_needs_thread(request, response):
+                response = await sync_to_async(process_response, thread_sensitive=True)(request, response)
+            else:
+                response = process_response(request, response)
+        return response
+
+
+class SecurityMiddleware(_OnTheLoop, security.SecurityMiddleware):
+    pass
+
+
+class CommonMiddleware(_OnTheLoop, common.CommonMiddleware):
+    pass
+
+
+class XFrameOptionsMiddleware(_OnTheLoop, clickjacking.XFrameOptionsMiddleware):
+    pass
+
+
+class AuthenticationMiddleware(_OnTheLoop, auth.AuthenticationMiddleware):
+    """Sets the lazy `request.user` / `request.auser`; the user is read when first asked for."""
+
+
+class SessionMiddleware(_OnTheLoop, sessions.SessionMiddleware):
+    """The session is loaded lazily, by whoever reads it; only a save at the end needs the thread."""
+
+    def response_needs_thread(self, request: HttpRequest, response: HttpResponseBase) -> bool:
+        session = getattr(request, "session", None)
+        return session is not None and (session.modified or settings.SESSION_SAVE_EVERY_REQUEST)
+
+
+class MessageMiddleware(_OnTheLoop, messages.MessageMiddleware):
+    """Storing messages may write the session; a request that neither read nor added any stores nothing."""
+
+    def response_needs_thread(self, request: HttpRequest, response: HttpResponseBase) -> bool:
+        storage = getattr(request, "_messages", None)
+        return storage is not None and (storage.used or storage.added_new)
+
+
+class CsrfViewMiddleware(_OnTheLoop, csrf.CsrfViewMiddleware):
+    """The secret comes from a cookie (or the session with CSRF_USE_SESSIONS: then the thread). The view
+    check reads the POST body for a form token: an unsafe method to a view that is not exempt also
+    goes to the thread, since parsing a large upload is file I/O."""
+
+    def __init__(self, get_response: Callable[..., Any]) -> None:
+        super().__init__(get_response)
+        if self.async_mode:
+            # Django adapts each `process_view` by its kind: a coroutine function runs without a hop.
+            self.process_view = self._process_view_async  # type: ignore[method-assign,assignment]
+
+    def request_needs_thread(self, request: HttpRequest) -> bool:
+        return bool(settings.CSRF_USE_SESSIONS)
+
+    def response_needs_thread(self, request: HttpRequest, response: HttpResponseBase) -> bool:
+        return bool(settings.CSRF_USE_SESSIONS)
+
+    async def _process_view_async(
+        self, request: HttpRequest, callback: Callable[..., Any], args: Any, kwargs: Any
+    ) -> HttpResponseBase | None:
+        check = super().process_view
+        if getattr(callback, "csrf_exempt", False) or request.method in ("GET", "HEAD", "OPTIONS", "TRACE"):
+            return check(request, callback, args, kwargs)
+        return await sync_to_async(check, thread_sensitive=True)(request, callback, args, kwargs)
+
+
+# What the ASGI application loads in place of each of Django's middleware in settings.MIDDLEWARE.
+ON_THE_LOOP = {
+    "django.middleware.security.SecurityMiddleware": f"{__name__}.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware": f"{__name__}.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware": f"{__name__}.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware": f"{__name__}.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware": f"{__name__}.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware": f"{__name__}.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware": f"{__name__}.XFrameOptionsMiddleware",
+}

@@ -9,6 +9,9 @@ import os
 
 from django.core.exceptions import ImproperlyConfigured
 
+# Set by portal/asgi.py before the settings load: some defaults differ in the ASGI process (DB_POOL).
+UNDER_ASGI = False
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 

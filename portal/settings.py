@@ -14,6 +14,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from portal import env
 from portal.env import env_bool, env_int, env_list, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -89,6 +90,8 @@ INSTALLED_APPS = [
     "finetune",
 ]
 
+# Under ASGI, portal/asgi.py loads Django's own middleware here as `portal.async_middleware` subclasses
+# it (hooks on the event loop, not one thread hop each); `check --deploy` sees Django's names.
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "portal.csp.ContentSecurityPolicyMiddleware",
@@ -131,6 +134,20 @@ if DATABASE_URL:
     if not DATABASE_URL.startswith(("postgres://", "postgresql://", "sqlite://")):
         raise ImproperlyConfigured("DATABASE_URL must be a postgresql:// (psycopg 3) or sqlite:// URL.")
     DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("DB_CONN_MAX_AGE", 60))}
+    # Under ASGI each request runs its synchronous parts in a thread of its own, and Django's connections
+    # are per thread: without a pool every API request would open a new PostgreSQL connection (~7 ms on
+    # a small VM). So the ASGI process (portal/asgi.py) takes its connections from a psycopg pool; Celery
+    # workers and management commands keep one persistent connection per thread.
+    if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and env_bool("DB_POOL", env.UNDER_ASGI):
+        DATABASES["default"]["CONN_MAX_AGE"] = 0  # the pool keeps the connections
+        # The pool checks a connection before lending it: one the server dropped (a restart, a failover)
+        # is replaced, not handed to a request.
+        DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+        DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+            "min_size": 2,
+            "max_size": env_int("DB_POOL_MAX_SIZE", 20),
+            "timeout": 10,  # seconds a request waits for a free connection before it fails
+        }
 else:
     DATABASES = {
         "default": {

@@ -173,7 +173,6 @@ def portal(django_db_setup: Any, django_db_blocker: Any, tmp_path_factory: pytes
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
-        "DB_CONN_MAX_AGE": "0",
         "PORTAL_VAR_DIR": str(root),
         "DEBUG": "0",
         "GATEWAY_REDIS_PREFIX": PORTAL_PREFIX,
