@@ -34,7 +34,7 @@ test: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy reshard/ training/ jobs/ artifacts/services/ artifacts/selectors.py artifacts/tasks.py gateway/ access/services/ access/selectors.py \
+	$(BIN)/mypy portal/ reshard/ training/ jobs/ artifacts/services/ artifacts/selectors.py artifacts/tasks.py gateway/ access/services/ access/selectors.py \
 		finetune/services.py finetune/selectors.py finetune/runs.py finetune/tasks.py finetune/hyperparameters.py
 
 services-start:

@@ -59,7 +59,6 @@ def release_access_check(*, user: Any, release: Release, now: datetime | None = 
         return AccessDecision(False, "inactive", "This account is disabled.")
     grant = None
     if release.access_tier == AccessTier.GATED:
-        grant = Grant.objects.filter(user=user, release=release).order_by("-starts_at", "-pk").first()
         active = (
             Grant.objects.filter(
                 user=user, release=release, status=GrantStatus.ACTIVE, starts_at__lte=now, expires_at__gt=now
@@ -68,6 +67,8 @@ def release_access_check(*, user: Any, release: Release, now: datetime | None = 
             .first()
         )
         if active is None:
+            # Which refusal: the latest grant says why (revoked, expired), or there is none.
+            grant = Grant.objects.filter(user=user, release=release).order_by("-starts_at", "-pk").first()
             if grant is None:
                 return AccessDecision(False, "no_grant", f"{release.name} is gated: apply for access first.")
             if grant.status == GrantStatus.REVOKED:
