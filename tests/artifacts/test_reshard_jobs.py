@@ -19,7 +19,6 @@ from typing import Any
 
 import pytest
 from celery.exceptions import Retry
-from django.db import connection
 from django.template.defaultfilters import filesizeformat
 from django.urls import reverse
 from django.utils import timezone
@@ -38,6 +37,7 @@ from jobs.services import jobs_reap, retry_delay
 from jobs.tasks import reap_jobs
 from tests.artifacts.conftest import grant_access
 from tests.conftest import login
+from tests.live import database_url_of_test_db
 
 META = RequestMeta(ip="127.0.0.1", user_agent="pytest")
 REPO = Path(__file__).resolve().parents[2]
@@ -416,21 +416,6 @@ def slow_convert(*args, progress, **kwargs):
 reshard.convert = slow_convert
 reshard_run.reshard_job_run(job_id=int(sys.argv[1]))
 """
-
-
-def database_url_of_test_db() -> str:
-    settings_dict = connection.settings_dict
-    if connection.vendor == "postgresql":
-        user = settings_dict.get("USER") or "postgres"
-        password = f":{settings_dict['PASSWORD']}" if settings_dict.get("PASSWORD") else ""
-        host = settings_dict.get("HOST") or "127.0.0.1"
-        port = settings_dict.get("PORT") or 5432
-        return f"postgresql://{user}{password}@{host}:{port}/{settings_dict['NAME']}"
-    assert connection.vendor == "sqlite"
-    name = str(settings_dict["NAME"])
-    if name == ":memory:" or "mode=memory" in name:
-        pytest.skip("the test database is in memory; a second process cannot share it")
-    return f"sqlite:///{Path(name).resolve()}"
 
 
 @pytest.mark.slow

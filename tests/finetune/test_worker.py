@@ -26,8 +26,8 @@ from finetune.models import TrainingJob
 from finetune.runs import PID_FILE, _process_alive
 from jobs.models import JobStatus
 from jobs.services import jobs_reap
-from tests.artifacts.test_reshard_jobs import database_url_of_test_db
 from tests.finetune.conftest import META, ready_dataset
+from tests.live import database_url_of_test_db
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]

@@ -18,12 +18,12 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
 from tests.artifacts.conftest import grant_access, make_checkpoint
-from tests.inference_worker._server import REPO, EngineProcess, ServerProcess, free_port
+from tests.inference_worker._server import REPO, EngineProcess, free_port
+from tests.live import database_url_of_test_db, start_portal, wait_for_sessions_to_end
 
 ENGINE_CONTEXT = 1024  # long enough for streams that last seconds (revocation, concurrency tests)
 
@@ -154,20 +154,14 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 PORTAL_PREFIX = f"gwlive:{uuid.uuid4().hex[:10]}:"
 
 
-def _test_database_url() -> str:
-    from django.db import connection
-
-    base = urlsplit(os.environ["DATABASE_URL"])
-    return urlunsplit(base._replace(path="/" + connection.settings_dict["NAME"]))
-
-
 @pytest.fixture(scope="session")
 def portal(django_db_setup: Any, django_db_blocker: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """The portal (`uvicorn portal.asgi:application`) on the test database and the real Redis."""
     if not os.environ.get("DATABASE_URL", "").startswith("postgres") or not os.environ.get("REDIS_URL"):
         pytest.skip("the live gateway tests need PostgreSQL and Redis (source var/services.env)")
+    name = f"gateway-live-{uuid.uuid4().hex[:8]}"  # one per instance: the playground test holds its own
     with django_db_blocker.unblock():
-        database_url = _test_database_url()
+        database_url = database_url_of_test_db(application_name=name)
     root = tmp_path_factory.mktemp("portal")
     port = free_port()
     env = {
@@ -186,13 +180,11 @@ def portal(django_db_setup: Any, django_db_blocker: Any, tmp_path_factory: pytes
     subprocess.run(
         [sys.executable, "manage.py", "collectstatic", "--noinput", "-v", "0"], cwd=REPO, env=env, check=True
     )  # the playground's script, served by whitenoise with DEBUG off
-    command = [
-        sys.executable, "-m", "uvicorn", "portal.asgi:application", "--host", "127.0.0.1", "--port", str(port),
-        "--log-level", "warning", "--no-access-log",
-    ]  # fmt: skip
-    process = ServerProcess(command, env=env, port=port, log=root / "portal.log", health="/healthz").wait_ready()
+    process = start_portal(env, port=port, log=root / "portal.log")
     yield process
     process.stop()
+    with django_db_blocker.unblock():
+        wait_for_sessions_to_end(name)  # its pool's connections
 
 
 @pytest.fixture

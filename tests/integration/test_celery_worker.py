@@ -13,24 +13,14 @@ from django.db import connection
 
 from access.models import Notification
 from tests import factories
+from tests.live import database_url_of_test_db
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 
-def _database_url_of_test_db() -> str | None:
-    settings_dict = connection.settings_dict
-    if connection.vendor != "postgresql":
-        return None
-    user = settings_dict.get("USER") or "postgres"
-    host = settings_dict.get("HOST") or "127.0.0.1"
-    port = settings_dict.get("PORT") or 5432
-    return f"postgresql://{user}@{host}:{port}/{settings_dict['NAME']}"
-
-
 def test_worker_sends_notification_email(tmp_path: Path) -> None:
     redis_url = os.environ.get("REDIS_URL")
-    database_url = _database_url_of_test_db()
-    if not redis_url or not database_url:
+    if not redis_url or connection.vendor != "postgresql":
         pytest.skip("needs REDIS_URL and PostgreSQL (make test starts both when installed; CI always does)")
     user = factories.make_user("carol@uni.example", full_name="Carol")
     notification = Notification.objects.create(user=user, subject="Hello from the worker", body="Body text")
@@ -38,7 +28,7 @@ def test_worker_sends_notification_email(tmp_path: Path) -> None:
     queue = f"default-test-{os.getpid()}"
     env = {
         **os.environ,
-        "DATABASE_URL": database_url,
+        "DATABASE_URL": database_url_of_test_db(),
         "REDIS_URL": redis_url,
         "EMAIL_BACKEND": "django.core.mail.backends.filebased.EmailBackend",
         "EMAIL_FILE_PATH": str(mail_dir),

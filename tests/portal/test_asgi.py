@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import sys
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -25,9 +24,8 @@ from django.utils.module_loading import import_string
 
 from portal.async_middleware import CsrfViewMiddleware, SessionMiddleware, SyncStreamingMiddleware, _OnTheLoop
 from tests import factories
-from tests.inference_worker._server import ServerProcess, free_port
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.inference_worker._server import free_port
+from tests.live import database_url_of_test_db, sessions_of, start_portal, wait_for_sessions_to_end
 
 
 def test_every_middleware_is_async_capable() -> None:
@@ -160,34 +158,25 @@ def test_sign_in_and_out_under_asgi_keeps_session_csrf_and_messages() -> None:
 def test_the_asgi_process_serves_more_requests_than_its_pool_has_postgresql_connections(tmp_path: Path) -> None:
     from django.db import connection
 
-    from tests.artifacts.test_reshard_jobs import database_url_of_test_db
-
     if connection.vendor != "postgresql":
         pytest.skip("the connection pool is for PostgreSQL (make test uses it when installed; CI always does)")
     port = free_port()
     env = {
         **os.environ,
-        "DATABASE_URL": database_url_of_test_db(),
+        "DATABASE_URL": database_url_of_test_db(application_name="asgi-pool-test"),
         "DB_POOL_MAX_SIZE": "2",
         "PORTAL_VAR_DIR": str(tmp_path),
         "DEBUG": "0",
     }
-    command = [
-        sys.executable, "-m", "uvicorn", "portal.asgi:application", "--host", "127.0.0.1", "--port", str(port),
-        "--log-level", "warning", "--no-access-log",
-    ]  # fmt: skip
-    portal = ServerProcess(command, env=env, port=port, log=tmp_path / "portal.log", health="/healthz").wait_ready()
+    portal = start_portal(env, port=port, log=tmp_path / "portal.log")
     try:
         # Each request runs its database work in a thread of its own; every one of them must give its
         # connection back (a lost one would leave the next requests waiting for the pool, then failing).
         with ThreadPoolExecutor(max_workers=16) as pool:
             statuses = list(pool.map(lambda _: httpx2.get(f"{portal.url}/healthz", timeout=30).status_code, range(48)))
         assert statuses == [200] * 48
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
-            )
-            (others,) = cursor.fetchone()
-        assert 1 <= others <= 2, f"the portal holds {others} connections; its pool has at most 2"
+        held = sessions_of("asgi-pool-test")
+        assert 1 <= held <= 2, f"the portal holds {held} connections; its pool has at most 2"
     finally:
         portal.stop()
+        wait_for_sessions_to_end("asgi-pool-test")
