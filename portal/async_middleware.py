@@ -7,8 +7,15 @@
   before sending it (`StreamingHttpResponse.__aiter__` calls `list()` on it): a multi-gigabyte file
   download or a million-row CSV export would sit in RAM. This hands such a body to the server chunk by
   chunk, each pulled in the request's own thread (where its database cursor lives).
+- Django's own middleware (security, sessions, common, CSRF, authentication, messages, clickjacking)
+  with their hooks on the event loop. Under ASGI Django runs each hook of a `MiddlewareMixin` through a
+  thread hop, to be safe (~0.3 ms each on a small VM, thirteen a request); these hooks only read and
+  write headers, cookies and lazy objects. The cases that can reach the database (a session to save,
+  messages to store, CSRF kept in the session, a POST body to parse) still go through the thread.
+  `ON_THE_LOOP` maps each to its subclass here; the ASGI application (portal/asgi.py) loads those.
 
-Under WSGI (gunicorn, the test client) both are plain pass-throughs.
+Under WSGI (gunicorn, the test client) the first two are plain pass-throughs, and Django's own
+middleware is loaded as it is.
 """
 
 from __future__ import annotations
