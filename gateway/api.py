@@ -33,7 +33,6 @@ from datetime import datetime
 from typing import Any
 
 import httpx2
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
@@ -47,6 +46,7 @@ from access.api.authentication import ApiKeyAuthentication
 from access.models import User
 from gateway import errors, proxy
 from gateway.counters import Counters, get_counters, scope_of
+from gateway.database import in_thread
 from gateway.models import UsageStatus
 from gateway.openapi import openapi_document
 from gateway.selectors import (
@@ -96,7 +96,7 @@ async def authenticate(request: HttpRequest) -> Caller:
     """An API key when the request carries an Authorization header, else the signed-in session, which
     must then also pass Django's CSRF check on a POST (a page elsewhere cannot spend the user's quota)."""
     if request.META.get("HTTP_AUTHORIZATION"):
-        return await sync_to_async(_authenticate_key)(request)
+        return await in_thread(_authenticate_key)(request)
     user = await request.auser()
     if not user.is_authenticated:
         raise errors.unauthenticated(
@@ -225,7 +225,7 @@ class Completion:
 
     async def recheck(self) -> errors.GatewayError | None:
         checkpoint = self.admission.checkpoint
-        error = await sync_to_async(access_recheck)(
+        error = await in_thread(access_recheck)(
             user_id=self.caller.user.pk,
             api_key_id=self.caller.api_key_id,
             release_id=self.admission.release.pk,
@@ -307,7 +307,7 @@ class Completion:
             await self.counters.release(
                 scope=self.scope, replica_id=self.target.replica_id if self.target else None, request_id=self.request_id
             )
-            await sync_to_async(usage_record)(self.draft)
+            await in_thread(usage_record)(self.draft)
 
     # Plain (non-streamed) ---------------------------------------------------------------------
 
@@ -526,7 +526,7 @@ async def completions(request: HttpRequest) -> HttpResponseBase:
     draft.model = body["model"]
     draft.stream = bool(body.get("stream"))
     try:
-        admission = await sync_to_async(_admit)(caller.user, body["model"], created_at, draft)
+        admission = await in_thread(_admit)(caller.user, body["model"], created_at, draft)
     except errors.GatewayError as error:
         await _record_refusal(draft, error)
         return error.response()
@@ -577,7 +577,7 @@ async def _record_refusal(draft: UsageDraft, error: errors.GatewayError) -> None
     draft.status = _status_of(error)
     draft.http_status = error.status
     draft.error_code = error.code
-    await sync_to_async(usage_record)(draft)
+    await in_thread(usage_record)(draft)
 
 
 def _model_entry(model: ServedModel) -> dict[str, Any]:
@@ -614,7 +614,7 @@ async def models(request: HttpRequest) -> HttpResponseBase:
         caller = await authenticate(request)
     except errors.GatewayError as error:
         return error.response()
-    return JsonResponse({"object": "list", "data": await sync_to_async(_models)(caller.user)})
+    return JsonResponse({"object": "list", "data": await in_thread(_models)(caller.user)})
 
 
 @csrf_exempt
@@ -625,7 +625,7 @@ async def model_detail(request: HttpRequest, model: str) -> HttpResponseBase:
         caller = await authenticate(request)
     except errors.GatewayError as error:
         return error.response()
-    for entry in await sync_to_async(_models)(caller.user):
+    for entry in await in_thread(_models)(caller.user):
         if entry["id"] == model:
             return JsonResponse(entry)
     return errors.model_not_found(model).response()

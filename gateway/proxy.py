@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx2
-from asgiref.sync import sync_to_async
 from django.conf import settings
 
 from gateway import errors
 from gateway.counters import Counters
+from gateway.database import in_thread
 from gateway.engine_secrets import SecretFileError, read_engine_secret
 from gateway.selectors import ReplicaTarget
 from gateway.services.deployments import replica_mark_failing
@@ -122,7 +122,7 @@ async def open_completion(
             response = await client.send(request, stream=True)
         except (httpx2.ConnectError, httpx2.ConnectTimeout) as error:
             log.warning("replica %s refused the connection: %s", target.url, error)
-            await sync_to_async(replica_mark_failing)(
+            await in_thread(replica_mark_failing)(
                 replica_id=target.replica_id, error=f"connection failed: {type(error).__name__}: {error}"
             )
             await give_up(errors.unavailable("No engine could be reached; try again shortly."))

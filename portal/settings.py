@@ -146,7 +146,7 @@ if DATABASE_URL:
         DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
             "min_size": 2,
             "max_size": env_int("DB_POOL_MAX_SIZE", 20),
-            "timeout": 10,  # seconds a request waits for a free connection before it fails
+            "timeout": env_int("DB_POOL_TIMEOUT", 10),  # seconds a request waits for a connection, then fails
         }
 else:
     DATABASES = {

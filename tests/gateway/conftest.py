@@ -176,6 +176,10 @@ def portal(django_db_setup: Any, django_db_blocker: Any, tmp_path_factory: pytes
         "GATEWAY_REQUESTS_PER_MINUTE": "1000",
         "GATEWAY_MAX_CONCURRENT": "16",
         "SITE_URL": f"http://127.0.0.1:{port}",
+        # A small pool that fails fast: a request that kept its connection while it waits on the engine
+        # would leave the third concurrent one without (test_requests_in_flight_do_not_hold_connections).
+        "DB_POOL_MAX_SIZE": "2",
+        "DB_POOL_TIMEOUT": "3",
     }
     subprocess.run(
         [sys.executable, "manage.py", "collectstatic", "--noinput", "-v", "0"], cwd=REPO, env=env, check=True

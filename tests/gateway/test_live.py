@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
@@ -202,6 +203,25 @@ def test_revoking_the_key_stops_an_open_stream(portal: Any, applicant: Any, gran
             if index == 2:
                 api_key_revoke(key=key, actor=applicant)
     assert "revoked" in stopped.value.message
+
+
+def test_requests_in_flight_do_not_hold_connections(
+    portal: Any, applicant: Any, grant: Any, deployment: Any, live_settings: Any
+) -> None:
+    """The portal's pool has 2 connections (and fails a request after 3 s without one); four requests at
+    once, each waiting seconds on the engine, must not hold them: all four succeed and leave their rows."""
+    _, raw = api_key_for(applicant)
+    body = {"model": MODEL, "prompt": "hello world", "max_tokens": 300, "ignore_eos": True}
+    headers = {"Authorization": f"Bearer {raw}"}
+
+    def complete(_: int) -> httpx2.Response:
+        return httpx2.post(f"{portal.url}/v1/completions", json=body, headers=headers, timeout=120)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        responses = list(pool.map(complete, range(4)))
+    assert [r.status_code for r in responses] == [200] * 4, [r.text[:200] for r in responses]
+    assert all(r.json()["usage"]["completion_tokens"] == 300 for r in responses)
+    assert UsageRecord.objects.filter(user=applicant, status=UsageStatus.OK).count() == 4
 
 
 def test_stream_is_not_buffered_and_a_dropped_client_is_recorded(
