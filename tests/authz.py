@@ -16,6 +16,16 @@ from django.http import HttpResponseBase
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
+# The personas of the release-side matrices (artifacts, gateway, finetune): a signed-in user without a
+# grant, a grant holder, another applicant, a reviewer and a superuser; and the outcomes they share.
+PERSONAS = ("anonymous", "applicant_no_grant", "holder", "other_applicant", "reviewer", "admin")
+SIGNED_IN = {**dict.fromkeys(PERSONAS, "ok"), "anonymous": "login"}
+# Operator pages: the list pages refuse with 403; pages of one object hide it with 404.
+OPERATOR_LISTS = {**dict.fromkeys(PERSONAS, 403), "anonymous": "login", "reviewer": "ok", "admin": "ok"}
+OPERATOR_OBJECT = {**OPERATOR_LISTS, "applicant_no_grant": 404, "holder": 404, "other_applicant": 404}
+# The API answers anonymous callers 401 (an API key or a session is needed), never a redirect.
+API_SIGNED_IN = {**SIGNED_IN, "anonymous": 401}
+
 
 @dataclass(frozen=True)
 class Route:

@@ -19,15 +19,23 @@ from django.urls import reverse
 from artifacts.models import ReshardJob
 from artifacts.signing import sign_link
 from tests.artifacts.conftest import grant_access, make_checkpoint
-from tests.authz import Route, assert_outcome, client_as, routes_of_app
+from tests.authz import (
+    API_SIGNED_IN,
+    OPERATOR_LISTS,
+    OPERATOR_OBJECT,
+    PERSONAS,
+    SIGNED_IN,
+    Route,
+    assert_outcome,
+    client_as,
+    routes_of_app,
+)
 from tests.authz import no_args as _none
 
-PERSONAS = ("anonymous", "applicant_no_grant", "holder", "other_applicant", "reviewer", "admin")
 OK = {200, 201, 302, 400}  # 400: a POST with an empty body is refused as bad input, after authorization
 
 # Expected outcome per persona: "ok" (any of OK, and for a redirect not to the login page),
 # "login" (302 to the login page), or a status code.
-SIGNED_IN = {**dict.fromkeys(PERSONAS, "ok"), "anonymous": "login"}
 # A ready checkpoint of a gated release: whoever holds an active grant to the release.
 GRANT_HOLDERS = {
     "anonymous": "login",
@@ -46,18 +54,7 @@ LINK_OWNER = {
     "reviewer": 403,
     "admin": 403,
 }
-# Operator pages: the list pages refuse with 403; pages of one checkpoint hide it with 404.
-OPERATOR_LISTS = {
-    "anonymous": "login",
-    "applicant_no_grant": 403,
-    "holder": 403,
-    "other_applicant": 403,
-    "reviewer": "ok",
-    "admin": "ok",
-}
-OPERATOR_OBJECT = {**OPERATOR_LISTS, "applicant_no_grant": 404, "holder": 404, "other_applicant": 404}
-# The API answers anonymous callers 401 (an API key or a session is needed), never a redirect.
-API_SIGNED_IN = {**SIGNED_IN, "anonymous": 401}
+# Operator pages and API_SIGNED_IN: tests/authz.py.
 API_GRANT_HOLDERS = {**GRANT_HOLDERS, "anonymous": 401}
 API_OPERATOR_OBJECT = {**OPERATOR_OBJECT, "anonymous": 401}
 

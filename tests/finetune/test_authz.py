@@ -15,12 +15,21 @@ from django.urls import reverse
 from finetune.models import DatasetFormat, TrainingDataset, TrainingJob
 from jobs.models import JobStatus
 from tests.artifacts.conftest import grant_access, make_checkpoint
-from tests.authz import Route, assert_outcome, client_as, no_args, routes_of_app
+from tests.authz import (
+    API_SIGNED_IN,
+    OPERATOR_LISTS,
+    OPERATOR_OBJECT,
+    PERSONAS,
+    SIGNED_IN,
+    Route,
+    assert_outcome,
+    client_as,
+    no_args,
+    routes_of_app,
+)
 
-PERSONAS = ("anonymous", "applicant_no_grant", "holder", "other_applicant", "reviewer", "admin")
 OK = {200, 201, 302, 400}  # 400: a POST with an empty body is refused as bad input, after authorization
 
-SIGNED_IN = {**dict.fromkeys(PERSONAS, "ok"), "anonymous": "login"}
 OWNER_ONLY = {
     "anonymous": "login",
     "applicant_no_grant": 404,
@@ -29,16 +38,6 @@ OWNER_ONLY = {
     "reviewer": 404,
     "admin": 404,
 }
-OPERATOR_LISTS = {
-    "anonymous": "login",
-    "applicant_no_grant": 403,
-    "holder": 403,
-    "other_applicant": 403,
-    "reviewer": "ok",
-    "admin": "ok",
-}
-OPERATOR_OBJECT = {**OPERATOR_LISTS, "applicant_no_grant": 404, "holder": 404, "other_applicant": 404}
-API_SIGNED_IN = {**SIGNED_IN, "anonymous": 401}
 API_OWNER_ONLY = {**OWNER_ONLY, "anonymous": 401}
 API_OWNER_OR_OPERATOR = {**API_OWNER_ONLY, "reviewer": "ok", "admin": "ok"}
 

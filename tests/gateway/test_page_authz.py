@@ -16,14 +16,21 @@ from django.test import Client
 from django.urls import reverse
 
 from tests.artifacts.conftest import grant_access
-from tests.authz import Route, assert_outcome, client_as, routes_of_app
+from tests.authz import (
+    OPERATOR_LISTS,
+    OPERATOR_OBJECT,
+    PERSONAS,
+    SIGNED_IN,
+    Route,
+    assert_outcome,
+    client_as,
+    routes_of_app,
+)
 from tests.authz import no_args as _none
 from tests.gateway.conftest import add_deployment, closed_port_url
 
-PERSONAS = ("anonymous", "applicant_no_grant", "holder", "other_applicant", "reviewer", "admin")
 OK = {200, 302, 400}  # 400: a POST with an empty body is refused as bad input, after authorization
 
-SIGNED_IN = {**dict.fromkeys(PERSONAS, "ok"), "anonymous": "login"}
 # The playground: whoever may use a served model now.
 USERS_OF_A_SERVED_MODEL = {
     "anonymous": "login",
@@ -33,8 +40,6 @@ USERS_OF_A_SERVED_MODEL = {
     "reviewer": 403,
     "admin": 403,
 }
-OPERATOR_LISTS = {**dict.fromkeys(PERSONAS, 403), "anonymous": "login", "reviewer": "ok", "admin": "ok"}
-OPERATOR_OBJECT = {**OPERATOR_LISTS, "applicant_no_grant": 404, "holder": 404, "other_applicant": 404}
 # Adding and removing engines: superusers (or the model permission), not reviewers.
 MANAGERS = {**OPERATOR_LISTS, "reviewer": 403}
 MANAGERS_OBJECT = {**OPERATOR_OBJECT, "reviewer": 403}
